@@ -1,0 +1,201 @@
+/*
+ * mailpoold: the local mail submission daemon.  Runs in the foreground,
+ * logs to stderr (journald), and owns one libevent loop for every socket.
+ */
+#include <errno.h>
+#include <event2/dns.h>
+#include <event2/event.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#ifdef HAVE_LIBSYSTEMD
+#include <systemd/sd-daemon.h>
+#endif
+
+#include "config.h"
+#include "config_check.h"
+#include "proto.h"
+#include "log.h"
+#include "pool.h"
+#include "submit.h"
+#include "tls.h"
+
+/* Longest wait for messages in flight at shutdown. */
+#define SHUTDOWN_GRACE_SECONDS 30
+
+struct daemon {
+    struct event_base *base;
+    struct evdns_base *dns;
+    struct config *cfg;
+    struct pool *pool;
+    struct submit_server *submit;
+    int submit_fd;
+    struct event *sigterm, *sigint, *sighup, *drain_timer;
+    time_t stop_started;
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: mailpoold [-c FILE] [--check-config] [--version]\n"
+               "  -c, --config FILE   configuration file (default " MAILPOOL_DEFAULT_CONFIG ")\n"
+               "  -t, --check-config  validate the configuration and exit (0 ok, 1 error)\n"
+               "  -V, --version       print the version and exit\n");
+}
+
+static void notify(const char *state)
+{
+#ifdef HAVE_LIBSYSTEMD
+    sd_notify(0, state);
+#else
+    (void)state;
+#endif
+}
+
+static void drain_check(evutil_socket_t fd, short what, void *arg)
+{
+    struct daemon *d = arg;
+    size_t busy = submit_busy(d->submit);
+    if (busy == 0 || time(NULL) - d->stop_started >= SHUTDOWN_GRACE_SECONDS) {
+        if (busy)
+            log_warn("shutting down with %zu transactions unfinished", busy);
+        event_base_loopexit(d->base, NULL);
+        return;
+    }
+    struct timeval tv = {0, 100 * 1000};
+    evtimer_add(d->drain_timer, &tv);
+}
+
+static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
+{
+    struct daemon *d = arg;
+    if (d->stop_started) {
+        log_warn("second signal: stopping now");
+        event_base_loopexit(d->base, NULL);
+        return;
+    }
+    log_info("signal %d: stopping; no new clients, finishing messages in flight", (int)sig);
+    notify("STOPPING=1");
+    d->stop_started = time(NULL);
+    submit_stop_accepting(d->submit);
+    drain_check(-1, 0, d);
+}
+
+static void on_sighup(evutil_socket_t sig, short what, void *arg)
+{
+    struct daemon *d = arg;
+    /* Validate the file now so an operator learns of mistakes at once. */
+    char err[1024];
+    struct config *fresh = config_load(d->cfg->path, err, sizeof(err));
+    if (fresh == NULL) {
+        log_error("reload refused, keeping the running configuration: %s", err);
+        return;
+    }
+    config_free(fresh);
+    log_warn("reload: configuration is valid, but live reload is not implemented yet; restart "
+             "mailpoold to apply it");
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"check-config", no_argument, NULL, 't'},
+        {"version", no_argument, NULL, 'V'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *path = MAILPOOL_DEFAULT_CONFIG;
+    int check = 0, ch;
+    while ((ch = getopt_long(argc, argv, "c:tVh", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'c':
+            path = optarg;
+            break;
+        case 't':
+            check = 1;
+            break;
+        case 'V':
+            printf("mailpoold %s\n", MAILPOOL_VERSION);
+            return 0;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind != argc) {
+        usage(stderr);
+        return 2;
+    }
+    if (check)
+        return config_check_main(path);
+
+    struct daemon d;
+    memset(&d, 0, sizeof(d));
+    char err[1024];
+    d.cfg = config_load(path, err, sizeof(err));
+    if (d.cfg == NULL)
+        fatal("%s", err);
+    log_set_level((enum log_level)d.cfg->log_level);
+    signal(SIGPIPE, SIG_IGN);
+    if (tls_init(err, sizeof(err)) != 0)
+        fatal("TLS: %s", err);
+
+    d.base = event_base_new();
+    if (d.base == NULL)
+        fatal("cannot create the event loop");
+    d.dns = evdns_base_new(d.base, EVDNS_BASE_INITIALIZE_NAMESERVERS);
+    if (d.dns == NULL) {
+        /* No resolv.conf (containers, tests): names from /etc/hosts and literals still work. */
+        d.dns = evdns_base_new(d.base, 0);
+        if (d.dns == NULL)
+            fatal("cannot create the DNS resolver");
+        evdns_base_load_hosts(d.dns, NULL);
+    }
+    d.pool = pool_new(d.base, d.dns, d.cfg, err, sizeof(err));
+    if (d.pool == NULL)
+        fatal("%s", err);
+    d.submit_fd = submit_listen(d.cfg->submit_socket, 0666, err, sizeof(err));
+    if (d.submit_fd < 0)
+        fatal("submission socket: %s", err);
+    d.submit = submit_new(d.base, d.cfg, d.pool, d.submit_fd, err, sizeof(err));
+    if (d.submit == NULL)
+        fatal("%s", err);
+
+    d.sigterm = evsignal_new(d.base, SIGTERM, on_stop_signal, &d);
+    d.sigint = evsignal_new(d.base, SIGINT, on_stop_signal, &d);
+    d.sighup = evsignal_new(d.base, SIGHUP, on_sighup, &d);
+    d.drain_timer = evtimer_new(d.base, drain_check, &d);
+    if (!d.sigterm || !d.sigint || !d.sighup || !d.drain_timer)
+        fatal("cannot set up signal handling");
+    evsignal_add(d.sigterm, NULL);
+    evsignal_add(d.sigint, NULL);
+    evsignal_add(d.sighup, NULL);
+
+    log_info("mailpoold %s started config=%s submit_socket=%s relays=%zu", MAILPOOL_VERSION,
+             d.cfg->path, d.cfg->submit_socket, d.cfg->nrelays);
+    notify("READY=1");
+    event_base_dispatch(d.base);
+
+    submit_free(d.submit);
+    close(d.submit_fd);
+    unlink(d.cfg->submit_socket);
+    pool_free(d.pool);
+    /* Let idle sessions' QUITs and frees complete. */
+    event_base_loop(d.base, EVLOOP_NONBLOCK);
+    event_free(d.sigterm);
+    event_free(d.sigint);
+    event_free(d.sighup);
+    event_free(d.drain_timer);
+    evdns_base_free(d.dns, 0);
+    event_base_free(d.base);
+    config_free(d.cfg);
+    tls_shutdown();
+    log_info("mailpoold stopped");
+    return 0;
+}

@@ -1,0 +1,528 @@
+/*
+ * Pools of upstream sessions, one per relay profile (SPEC section 2).
+ * Idle sessions are reused most-recently-used first; messages wait in FIFO
+ * order for a session; a transaction that failed before its final dot is
+ * retried once on a fresh session, invisibly to the client.
+ */
+#include "pool.h"
+
+#include <event2/event.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+#include <time.h>
+
+#include "config.h"
+#include "log.h"
+#include "message.h"
+#include "tls.h"
+#include "upstream.h"
+
+struct relay_pool;
+
+struct session {
+    struct upstream *u;
+    struct relay_pool *rp;
+    struct pool_job *job; /* the message on this session, if any */
+    struct event *idle_timer;
+    int ready; /* reached READY at least once */
+    TAILQ_ENTRY(session) entry;     /* in rp->sessions */
+    TAILQ_ENTRY(session) idle_entry; /* in rp->idle while idle */
+    int idle;
+};
+
+struct pool_job {
+    struct message *m;
+    pool_done_cb cb;
+    void *arg;
+    struct relay_pool *rp;
+    struct event *done_ev; /* delivers the result outside the caller's stack */
+    struct event *wait_timer;
+    int retried;
+    int waiting;
+    struct timespec start;
+    TAILQ_ENTRY(pool_job) entry;
+};
+
+TAILQ_HEAD(session_list, session);
+TAILQ_HEAD(job_list, pool_job);
+
+struct relay_pool {
+    struct pool *pool;
+    const struct relay_config *rc;
+    struct tls_ctx *tls;
+    struct session_list sessions;
+    struct session_list idle;
+    struct job_list waiting;
+    size_t nsessions, nopening, nwaiting;
+    size_t next_host; /* the host that worked last */
+};
+
+struct pool {
+    struct event_base *base;
+    struct evdns_base *dns;
+    const struct config *cfg;
+    struct relay_pool *relays;
+    size_t nrelays;
+};
+
+static void session_cb(struct upstream *u, enum upstream_event ev, void *arg);
+static void relay_pool_dispatch(struct relay_pool *rp);
+
+static double elapsed_ms(const struct timespec *start)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)(now.tv_sec - start->tv_sec) * 1e3 +
+           (double)(now.tv_nsec - start->tv_nsec) / 1e6;
+}
+
+/* ---- jobs ------------------------------------------------------------- */
+
+static void job_log(const struct pool_job *job)
+{
+    const struct message *m = job->m;
+    char from[300], to[300], text[400];
+    log_escape(m->sender, strlen(m->sender), from, sizeof(from));
+    for (size_t i = 0; i < m->nrcpts; i++) {
+        const struct rcpt_result *r = &m->results[i];
+        log_escape(m->rcpts[i], strlen(m->rcpts[i]), to, sizeof(to));
+        log_escape(r->text ? r->text : "", r->text ? strlen(r->text) : 0, text, sizeof(text));
+        log_msg(r->code / 100 == 2 ? LOG_LVL_INFO : LOG_LVL_WARN,
+                "msg id=%s relay=%s mode=relay from=<%s> to=<%s> status=%d dsn=%s delay=%.1fms "
+                "reply=\"%s\"",
+                m->id, job->rp->rc->name, from, to, r->code, r->ecode, elapsed_ms(&job->start),
+                text);
+    }
+}
+
+static void job_free(struct pool_job *job)
+{
+    if (job->wait_timer)
+        event_free(job->wait_timer);
+    if (job->done_ev)
+        event_free(job->done_ev);
+    free(job);
+}
+
+static void job_done_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct pool_job *job = arg;
+    job_log(job);
+    if (job->cb)
+        job->cb(job->m, job->arg);
+    else
+        message_free(job->m);
+    job_free(job);
+}
+
+/* The job is finished: every recipient has a result.  Report it from the loop. */
+static void job_finish(struct pool_job *job)
+{
+    struct relay_pool *rp = job->rp;
+    if (job->waiting) {
+        TAILQ_REMOVE(&rp->waiting, job, entry);
+        rp->nwaiting--;
+        job->waiting = 0;
+    }
+    if (job->wait_timer)
+        event_del(job->wait_timer);
+    event_active(job->done_ev, EV_TIMEOUT, 0);
+}
+
+static void job_fail(struct pool_job *job, int code, const char *ecode, const char *text)
+{
+    message_set_pending_results(job->m, code, ecode, text);
+    job_finish(job);
+}
+
+static void job_wait_expired(evutil_socket_t fd, short what, void *arg)
+{
+    struct pool_job *job = arg;
+    char text[200];
+    snprintf(text, sizeof(text), "timed out waiting for a free connection to relay %s",
+             job->rp->rc->name);
+    job_fail(job, 451, "4.4.5", text);
+}
+
+static void job_enqueue(struct relay_pool *rp, struct pool_job *job, int front)
+{
+    if (front)
+        TAILQ_INSERT_HEAD(&rp->waiting, job, entry);
+    else
+        TAILQ_INSERT_TAIL(&rp->waiting, job, entry);
+    job->waiting = 1;
+    rp->nwaiting++;
+    unsigned wt = rp->rc->pool.wait_timeout;
+    if (wt > 0 && !evtimer_pending(job->wait_timer, NULL)) {
+        struct timeval tv = {(time_t)wt, 0};
+        evtimer_add(job->wait_timer, &tv);
+    }
+}
+
+/* ---- sessions ------------------------------------------------------------ */
+
+static void session_set_idle(struct session *s, int idle)
+{
+    struct relay_pool *rp = s->rp;
+    if (idle == s->idle)
+        return;
+    s->idle = idle;
+    if (idle) {
+        TAILQ_INSERT_HEAD(&rp->idle, s, idle_entry); /* most recently used first */
+        unsigned it = rp->rc->pool.idle_timeout;
+        if (it > 0) {
+            struct timeval tv = {(time_t)it, 0};
+            evtimer_add(s->idle_timer, &tv);
+        }
+    } else {
+        TAILQ_REMOVE(&rp->idle, s, idle_entry);
+        evtimer_del(s->idle_timer);
+    }
+}
+
+static void session_remove(struct session *s)
+{
+    struct relay_pool *rp = s->rp;
+    session_set_idle(s, 0);
+    if (!s->ready)
+        rp->nopening--;
+    TAILQ_REMOVE(&rp->sessions, s, entry);
+    rp->nsessions--;
+    event_free(s->idle_timer);
+    free(s);
+}
+
+static void session_idle_expired(evutil_socket_t fd, short what, void *arg)
+{
+    struct session *s = arg;
+    log_debug("pool relay=%s host=%s idle timeout", s->rp->rc->name, upstream_host(s->u));
+    struct upstream *u = s->u;
+    session_remove(s);
+    upstream_quit(u);
+}
+
+static int session_open(struct relay_pool *rp)
+{
+    struct session *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return -1;
+    s->rp = rp;
+    s->idle_timer = evtimer_new(rp->pool->base, session_idle_expired, s);
+    struct upstream_params params = {
+        .base = rp->pool->base,
+        .dns = rp->pool->dns,
+        .relay = rp->rc,
+        .tls = rp->tls,
+        .helo_name = rp->rc->helo_name ? rp->rc->helo_name : rp->pool->cfg->hostname,
+        .first_host = rp->next_host,
+    };
+    if (s->idle_timer)
+        s->u = upstream_new(&params, session_cb, s);
+    if (s->u == NULL) {
+        if (s->idle_timer)
+            event_free(s->idle_timer);
+        free(s);
+        return -1;
+    }
+    TAILQ_INSERT_TAIL(&rp->sessions, s, entry);
+    rp->nsessions++;
+    rp->nopening++;
+    return 0;
+}
+
+static void session_take(struct session *s, struct pool_job *job)
+{
+    struct relay_pool *rp = s->rp;
+    if (job->waiting) {
+        TAILQ_REMOVE(&rp->waiting, job, entry);
+        rp->nwaiting--;
+        job->waiting = 0;
+    }
+    evtimer_del(job->wait_timer);
+    session_set_idle(s, 0);
+    s->job = job;
+    if (upstream_send(s->u, job->m) != 0) {
+        /* Cannot happen for an idle session; keep the message safe anyway. */
+        s->job = NULL;
+        job_enqueue(rp, job, 1);
+    }
+}
+
+/* A session that can take work: give it the oldest waiting message, or idle it. */
+static void session_available(struct session *s)
+{
+    struct relay_pool *rp = s->rp;
+    struct pool_job *job = TAILQ_FIRST(&rp->waiting);
+    if (job)
+        session_take(s, job);
+    else
+        session_set_idle(s, 1);
+}
+
+/*
+ * The session is gone (setup failed or it died while idle).  If nothing is
+ * left that could serve the waiting messages, they get the session's error.
+ */
+static void session_failed(struct session *s)
+{
+    struct relay_pool *rp = s->rp;
+    struct upstream *u = s->u;
+    int code = upstream_error_code(u);
+    char ecode[16], text[600];
+    snprintf(ecode, sizeof(ecode), "%s", upstream_error_ecode(u));
+    snprintf(text, sizeof(text), "%s", upstream_error(u));
+    int was_ready = s->ready;
+    session_remove(s);
+    upstream_free(u);
+    if (!was_ready && rp->nopening == 0) {
+        struct pool_job *job;
+        while ((job = TAILQ_FIRST(&rp->waiting)) != NULL)
+            job_fail(job, code, ecode, text);
+    }
+    relay_pool_dispatch(rp);
+}
+
+static void session_txn_done(struct session *s)
+{
+    struct relay_pool *rp = s->rp;
+    struct pool_job *job = s->job;
+    s->job = NULL;
+    switch (upstream_txn_outcome(s->u)) {
+    case TXN_COMPLETE:
+        job_finish(job);
+        break;
+    case TXN_RETRY:
+        if (!job->retried) {
+            job->retried = 1;
+            log_info("msg id=%s relay=%s retrying on a new session: %s", job->m->id,
+                     rp->rc->name, upstream_error(s->u));
+            message_clear_results(job->m);
+            job_enqueue(rp, job, 1);
+        } else {
+            job_fail(job, upstream_error_code(s->u), upstream_error_ecode(s->u),
+                     upstream_error(s->u));
+        }
+        break;
+    case TXN_UNKNOWN:
+        job_fail(job, 451, "4.4.2", upstream_error(s->u));
+        break;
+    }
+    if (upstream_usable(s->u)) {
+        unsigned max = rp->rc->pool.max_messages;
+        if (max > 0 && upstream_messages(s->u) >= max) {
+            struct upstream *u = s->u;
+            session_remove(s);
+            upstream_quit(u);
+        } else {
+            session_available(s);
+        }
+    } else {
+        struct upstream *u = s->u;
+        session_remove(s);
+        upstream_free(u);
+    }
+    relay_pool_dispatch(rp);
+}
+
+static void session_cb(struct upstream *u, enum upstream_event ev, void *arg)
+{
+    struct session *s = arg;
+    switch (ev) {
+    case UPSTREAM_READY:
+        if (!s->ready) {
+            s->ready = 1;
+            s->rp->nopening--;
+            s->rp->next_host = upstream_host_index(u);
+        }
+        session_available(s);
+        break;
+    case UPSTREAM_TXN_DONE:
+        session_txn_done(s);
+        break;
+    case UPSTREAM_FAILED:
+        session_failed(s);
+        break;
+    }
+}
+
+/* Open sessions for waiting messages, within max_connections. */
+static void relay_pool_dispatch(struct relay_pool *rp)
+{
+    struct session *s;
+    while (!TAILQ_EMPTY(&rp->waiting) && (s = TAILQ_FIRST(&rp->idle)) != NULL)
+        session_take(s, TAILQ_FIRST(&rp->waiting));
+    unsigned max = rp->rc->pool.max_connections ? rp->rc->pool.max_connections : 1;
+    while (rp->nwaiting > rp->nopening && rp->nsessions < max) {
+        if (session_open(rp) != 0) {
+            log_error("pool relay=%s cannot open a session: out of memory", rp->rc->name);
+            break;
+        }
+    }
+}
+
+/* ---- the pool ------------------------------------------------------------ */
+
+struct pool *pool_new(struct event_base *base, struct evdns_base *dns, const struct config *cfg,
+                      char *err, size_t errlen)
+{
+    struct pool *p = calloc(1, sizeof(*p));
+    if (p == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    p->base = base;
+    p->dns = dns;
+    p->cfg = cfg;
+    p->relays = calloc(cfg->nrelays, sizeof(*p->relays));
+    if (p->relays == NULL) {
+        free(p);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    p->nrelays = cfg->nrelays;
+    for (size_t i = 0; i < cfg->nrelays; i++) {
+        struct relay_pool *rp = &p->relays[i];
+        const struct relay_config *rc = &cfg->relays[i];
+        rp->pool = p;
+        rp->rc = rc;
+        TAILQ_INIT(&rp->sessions);
+        TAILQ_INIT(&rp->idle);
+        TAILQ_INIT(&rp->waiting);
+        if (rc->options & (RELAY_OPT_SECURE | RELAY_OPT_SECURE_IMPLICIT)) {
+            struct tls_ctx_opts o = {
+                .ca_file = rc->tls_ca_file,
+                .ca_path = rc->tls_ca_path,
+                .verify = !(rc->options & RELAY_OPT_TRUSTED_SITE),
+                .allow_legacy = (rc->options & RELAY_OPT_SECURE_FALLBACK) != 0,
+                .min_version = rc->tls_min_version,
+            };
+            char terr[256];
+            rp->tls = tls_ctx_new(&o, terr, sizeof(terr));
+            if (rp->tls == NULL) {
+                snprintf(err, errlen, "relay %s: %s", rc->name, terr);
+                pool_free(p);
+                return NULL;
+            }
+            if (!o.verify)
+                log_warn("relay %s: trusted_site is set: the server certificate is NOT verified",
+                         rc->name);
+            if (o.allow_legacy)
+                log_warn("relay %s: secure_fallback is set: TLS 1.0/1.1 and weak ciphers are "
+                         "allowed",
+                         rc->name);
+        }
+    }
+    return p;
+}
+
+void pool_free(struct pool *p)
+{
+    if (p == NULL)
+        return;
+    for (size_t i = 0; i < p->nrelays; i++) {
+        struct relay_pool *rp = &p->relays[i];
+        struct pool_job *job;
+        while ((job = TAILQ_FIRST(&rp->waiting)) != NULL) {
+            TAILQ_REMOVE(&rp->waiting, job, entry);
+            rp->nwaiting--;
+            message_set_pending_results(job->m, 421, "4.3.2", "mailpoold is shutting down");
+            if (job->cb)
+                job->cb(job->m, job->arg);
+            else
+                message_free(job->m);
+            job_free(job);
+        }
+        struct session *s;
+        while ((s = TAILQ_FIRST(&rp->sessions)) != NULL) {
+            struct upstream *u = s->u;
+            struct pool_job *busy = s->job;
+            int idle = s->idle;
+            session_remove(s);
+            if (idle)
+                upstream_quit(u);
+            else
+                upstream_free(u);
+            if (busy) {
+                message_set_pending_results(busy->m, 421, "4.3.2",
+                                            "mailpoold is shutting down");
+                if (busy->cb)
+                    busy->cb(busy->m, busy->arg);
+                else
+                    message_free(busy->m);
+                job_free(busy);
+            }
+        }
+        if (rp->tls)
+            tls_ctx_free(rp->tls);
+    }
+    free(p->relays);
+    free(p);
+}
+
+static struct relay_pool *pool_find(struct pool *p, const struct relay_config *rc)
+{
+    for (size_t i = 0; i < p->nrelays; i++)
+        if (p->relays[i].rc == rc)
+            return &p->relays[i];
+    return NULL;
+}
+
+struct pool_job *pool_submit(struct pool *p, const struct relay_config *rc, struct message *m,
+                             pool_done_cb cb, void *arg)
+{
+    struct relay_pool *rp = pool_find(p, rc);
+    if (rp == NULL)
+        return NULL;
+    struct pool_job *job = calloc(1, sizeof(*job));
+    if (job == NULL)
+        return NULL;
+    job->m = m;
+    job->cb = cb;
+    job->arg = arg;
+    job->rp = rp;
+    clock_gettime(CLOCK_MONOTONIC, &job->start);
+    job->done_ev = event_new(p->base, -1, 0, job_done_cb, job);
+    job->wait_timer = evtimer_new(p->base, job_wait_expired, job);
+    if (job->done_ev == NULL || job->wait_timer == NULL) {
+        job_free(job);
+        return NULL;
+    }
+    struct session *s = TAILQ_FIRST(&rp->idle);
+    if (s) {
+        session_take(s, job);
+        return job;
+    }
+    unsigned maxw = rc->pool.max_waiters;
+    if (maxw > 0 && rp->nwaiting >= maxw) {
+        char text[160];
+        snprintf(text, sizeof(text), "too many messages waiting for relay %s", rc->name);
+        job_fail(job, 451, "4.3.2", text);
+        return job;
+    }
+    job_enqueue(rp, job, 0);
+    relay_pool_dispatch(rp);
+    return job;
+}
+
+void pool_cancel(struct pool_job *job)
+{
+    job->cb = NULL;
+}
+
+size_t pool_sessions(const struct pool *p)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < p->nrelays; i++)
+        n += p->relays[i].nsessions;
+    return n;
+}
+
+size_t pool_waiting(const struct pool *p)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < p->nrelays; i++)
+        n += p->relays[i].nwaiting;
+    return n;
+}

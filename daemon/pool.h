@@ -1,0 +1,50 @@
+/*
+ * Per-relay pools of upstream sessions.  A message handed to the pool goes
+ * out on an idle session (most recently used first), or waits for one that
+ * is being opened, up to pool.max_connections sessions per relay.  A
+ * transaction that failed before its final dot is retried once on a fresh
+ * session; one that failed after it is reported as "outcome unknown".
+ */
+#ifndef MAILPOOL_POOL_H
+#define MAILPOOL_POOL_H
+
+#include <stddef.h>
+
+struct event_base;
+struct evdns_base;
+struct config;
+struct relay_config;
+struct message;
+struct pool;
+struct pool_job;
+
+/* Called once per submitted message, with every recipient's result set. */
+typedef void (*pool_done_cb)(struct message *m, void *arg);
+
+/*
+ * Pools for every relay of cfg (TLS contexts are made here).  NULL with a
+ * message in err when a relay's TLS settings cannot be loaded.
+ */
+struct pool *pool_new(struct event_base *base, struct evdns_base *dns, const struct config *cfg,
+                      char *err, size_t errlen);
+/* Close every session (QUIT to idle ones); waiting messages get a 4xx. */
+void pool_free(struct pool *p);
+
+/*
+ * Send m through relay rc.  cb runs later (never from inside this call).
+ * Returns a handle for pool_cancel(), or NULL when out of memory.
+ */
+struct pool_job *pool_submit(struct pool *p, const struct relay_config *rc, struct message *m,
+                             pool_done_cb cb, void *arg);
+
+/*
+ * The submitter went away: never call its callback.  The pool takes over
+ * the message and frees it when the transaction ends.
+ */
+void pool_cancel(struct pool_job *job);
+
+/* Counts for status output. */
+size_t pool_sessions(const struct pool *p);
+size_t pool_waiting(const struct pool *p);
+
+#endif

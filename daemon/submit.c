@@ -1,0 +1,622 @@
+/*
+ * The submission socket: an LMTP server (RFC 2033) for local clients, with
+ * RFC 2920 PIPELINING, RFC 2034 ENHANCEDSTATUSCODES, RFC 6152 8BITMIME,
+ * RFC 6531 SMTPUTF8 and RFC 1870 SIZE.  Each client is a small state
+ * machine; the message is received in full (and canonicalised by body.c)
+ * before it is handed to the pool, so a slow client never holds an upstream
+ * session.
+ */
+#include "submit.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "body.h"
+#include "config.h"
+#include "lmtp_parse.h"
+#include "log.h"
+#include "message.h"
+#include "pool.h"
+
+/* Errors after which a client is disconnected (a confused or hostile peer). */
+#define MAX_BAD_COMMANDS 20
+/* Input consumed per DATA step, so one client cannot monopolise the loop. */
+#define DATA_STEP (64 * 1024)
+
+enum client_state {
+    CS_START,   /* greeted, waiting for LHLO */
+    CS_READY,   /* LHLO done, no transaction */
+    CS_MAIL,    /* MAIL accepted, collecting RCPTs */
+    CS_DATA,    /* receiving message data */
+    CS_WAIT,    /* message handed to the pool, waiting for results */
+    CS_CLOSING, /* flushing the last reply, then closing */
+    CS_LAST
+};
+
+static const char *const client_state_names[CS_LAST] = {
+    [CS_START] = "start", [CS_READY] = "ready", [CS_MAIL] = "mail",
+    [CS_DATA] = "data",   [CS_WAIT] = "wait",   [CS_CLOSING] = "closing",
+};
+
+struct client {
+    struct submit_server *srv;
+    struct bufferevent *bev;
+    struct event *deadline;
+    enum client_state state;
+    unsigned long id;
+    uid_t uid;
+    gid_t gid;
+    pid_t pid;
+    struct message *msg;
+    struct pool_job *job;
+    struct body_decoder dec;
+    int too_big;
+    int bad_commands;
+    int in_read;
+    TAILQ_ENTRY(client) entry;
+};
+
+struct submit_server {
+    struct event_base *base;
+    const struct config *cfg;
+    struct pool *pool;
+    struct evconnlistener *listener;
+    TAILQ_HEAD(, client) clients;
+    size_t nclients;
+    unsigned long next_id;
+};
+
+static void client_read_cb(struct bufferevent *bev, void *arg);
+
+static void client_set_state(struct client *c, enum client_state s)
+{
+    log_debug("submit client=%lu state=%s->%s", c->id, client_state_names[c->state],
+              client_state_names[s]);
+    c->state = s;
+}
+
+static void client_reply(struct client *c, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void client_reply(struct client *c, const char *fmt, ...)
+{
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    va_list ap;
+    va_start(ap, fmt);
+    evbuffer_add_vprintf(out, fmt, ap);
+    va_end(ap);
+    evbuffer_add(out, "\r\n", 2);
+}
+
+/* Arm the per-client deadline: silence or a trickle past it closes the client. */
+static void client_touch(struct client *c)
+{
+    unsigned t = c->srv->cfg->client_timeout;
+    if (t > 0) {
+        struct timeval tv = {(time_t)t, 0};
+        evtimer_add(c->deadline, &tv);
+    }
+}
+
+static void client_free(struct client *c)
+{
+    struct submit_server *srv = c->srv;
+    if (c->job) {
+        /* Relay mode, client gone: the pool finishes and frees the message. */
+        pool_cancel(c->job);
+        c->job = NULL;
+        c->msg = NULL;
+    }
+    message_free(c->msg);
+    TAILQ_REMOVE(&srv->clients, c, entry);
+    srv->nclients--;
+    event_free(c->deadline);
+    bufferevent_free(c->bev);
+    log_debug("submit client=%lu closed", c->id);
+    free(c);
+}
+
+/* Send what is queued, then close. */
+static void client_close_after_flush(struct client *c)
+{
+    client_set_state(c, CS_CLOSING);
+    bufferevent_disable(c->bev, EV_READ);
+    /* Inside client_read_cb the free happens when it returns. */
+    if (!c->in_read && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+        client_free(c);
+}
+
+static void client_reset_txn(struct client *c)
+{
+    message_free(c->msg);
+    c->msg = NULL;
+    c->too_big = 0;
+}
+
+static void client_bad(struct client *c, const char *reply)
+{
+    client_reply(c, "%s", reply);
+    if (++c->bad_commands >= MAX_BAD_COMMANDS) {
+        client_reply(c, "421 4.7.0 Too many errors, closing connection");
+        client_close_after_flush(c);
+    }
+}
+
+/* ---- results --------------------------------------------------------------- */
+
+static void client_results(struct message *m, void *arg)
+{
+    struct client *c = arg;
+    c->job = NULL;
+    for (size_t i = 0; i < m->nrcpts; i++) {
+        const struct rcpt_result *r = &m->results[i];
+        client_reply(c, "%d %s %s", r->code, r->ecode, r->text ? r->text : "");
+    }
+    client_reset_txn(c);
+    client_set_state(c, CS_READY);
+    client_touch(c);
+    bufferevent_enable(c->bev, EV_READ);
+    /* Commands pipelined behind the data are already buffered. */
+    client_read_cb(c->bev, c);
+}
+
+static void client_data_done(struct client *c)
+{
+    struct submit_server *srv = c->srv;
+    struct message *m = c->msg;
+    if (c->too_big) {
+        for (size_t i = 0; i < m->nrcpts; i++)
+            client_reply(c, "552 5.3.4 Message exceeds the maximum size of %zu bytes",
+                         srv->cfg->max_message_size);
+        client_reset_txn(c);
+        client_set_state(c, CS_READY);
+        return;
+    }
+    m->size = evbuffer_get_length(m->body);
+    if (body_decoder_8bit(&c->dec))
+        m->eightbit = 1;
+    const struct relay_config *rc = m->relay ? config_relay(srv->cfg, m->relay)
+                                             : &srv->cfg->relays[srv->cfg->default_relay];
+    char from[300];
+    log_escape(m->sender, strlen(m->sender), from, sizeof(from));
+    log_info("submit client=%lu msg id=%s uid=%u pid=%d from=<%s> nrcpt=%zu size=%zu relay=%s",
+             c->id, m->id, (unsigned)c->uid, (int)c->pid, from, m->nrcpts, m->size, rc->name);
+    client_set_state(c, CS_WAIT);
+    bufferevent_disable(c->bev, EV_READ);
+    evtimer_del(c->deadline);
+    c->job = pool_submit(srv->pool, rc, m, client_results, c);
+    if (c->job == NULL) {
+        for (size_t i = 0; i < m->nrcpts; i++)
+            client_reply(c, "451 4.3.0 Out of memory, try again later");
+        client_reset_txn(c);
+        client_set_state(c, CS_READY);
+        bufferevent_enable(c->bev, EV_READ);
+    }
+}
+
+/* Decode DATA from the input buffer.  Returns 1 when the end was reached. */
+static int client_read_data(struct client *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    size_t max = c->srv->cfg->max_message_size;
+    while (evbuffer_get_length(in) > 0) {
+        struct evbuffer_iovec v;
+        if (evbuffer_peek(in, DATA_STEP, NULL, &v, 1) < 1)
+            break;
+        size_t len = v.iov_len < DATA_STEP ? v.iov_len : DATA_STEP;
+        struct evbuffer *body = c->msg->body;
+        struct evbuffer_iovec w;
+        if (evbuffer_reserve_space(body, (ev_ssize_t)(2 * len + 2), &w, 1) < 1) {
+            client_reply(c, "451 4.3.0 Out of memory");
+            client_close_after_flush(c);
+            return 0;
+        }
+        size_t outlen = 0;
+        int done = 0;
+        size_t used = body_decode(&c->dec, v.iov_base, len, w.iov_base, &outlen, &done);
+        w.iov_len = c->too_big ? 0 : outlen;
+        evbuffer_commit_space(body, &w, 1);
+        evbuffer_drain(in, used);
+        if (!c->too_big && evbuffer_get_length(body) > max) {
+            /* Past the limit: keep reading to the end, but store nothing more. */
+            c->too_big = 1;
+            evbuffer_drain(body, evbuffer_get_length(body));
+        }
+        client_touch(c);
+        if (done)
+            return 1;
+    }
+    return 0;
+}
+
+/* ---- commands -------------------------------------------------------------- */
+
+static void cmd_lhlo(struct client *c)
+{
+    const struct config *cfg = c->srv->cfg;
+    client_reset_txn(c);
+    client_reply(c, "250-%s", cfg->hostname);
+    client_reply(c, "250-PIPELINING");
+    client_reply(c, "250-ENHANCEDSTATUSCODES");
+    client_reply(c, "250-8BITMIME");
+    client_reply(c, "250-SMTPUTF8");
+    client_reply(c, "250-SIZE %zu", cfg->max_message_size);
+    client_reply(c, "250-" MAILPOOL_PARAM_RELAY);
+    client_reply(c, "250 " MAILPOOL_PARAM_MODE);
+    client_set_state(c, CS_READY);
+}
+
+static void cmd_mail(struct client *c, const struct lmtp_cmd *cmd)
+{
+    const struct config *cfg = c->srv->cfg;
+    if (c->state == CS_START) {
+        client_bad(c, "503 5.5.1 Send LHLO first");
+        return;
+    }
+    if (c->state != CS_READY) {
+        client_bad(c, "503 5.5.1 Nested MAIL command");
+        return;
+    }
+    if (cmd->has_size && cmd->size > cfg->max_message_size) {
+        client_reply(c, "552 5.3.4 Message size exceeds the maximum of %zu bytes",
+                     cfg->max_message_size);
+        return;
+    }
+    if (cmd->relay[0] && config_relay(cfg, cmd->relay) == NULL) {
+        client_reply(c, "550 5.7.1 Unknown relay \"%s\"", cmd->relay);
+        return;
+    }
+    if (cmd->mode == MODE_QUEUE) {
+        client_reply(c, "555 5.5.4 XMODE=queue is not available: this mailpoold relays "
+                        "synchronously only");
+        return;
+    }
+    struct message *m = message_new();
+    if (m == NULL || (m->sender = strdup(cmd->path)) == NULL ||
+        (cmd->relay[0] && (m->relay = strdup(cmd->relay)) == NULL)) {
+        message_free(m);
+        client_reply(c, "451 4.3.0 Out of memory");
+        return;
+    }
+    m->eightbit = cmd->body == BODY_8BITMIME;
+    m->smtputf8 = cmd->smtputf8;
+    m->mode = cmd->mode;
+    m->uid = c->uid;
+    m->gid = c->gid;
+    m->pid = c->pid;
+    c->msg = m;
+    client_set_state(c, CS_MAIL);
+    client_reply(c, "250 2.1.0 Sender ok");
+}
+
+static void cmd_rcpt(struct client *c, const struct lmtp_cmd *cmd)
+{
+    if (c->state != CS_MAIL) {
+        client_bad(c, "503 5.5.1 Need MAIL before RCPT");
+        return;
+    }
+    if (c->msg->nrcpts >= MAILPOOL_MAX_RECIPIENTS) {
+        client_reply(c, "452 4.5.3 Too many recipients");
+        return;
+    }
+    if (message_add_rcpt(c->msg, cmd->path) != 0) {
+        client_reply(c, "451 4.3.0 Out of memory");
+        return;
+    }
+    client_reply(c, "250 2.1.5 Recipient ok");
+}
+
+static void cmd_data(struct client *c)
+{
+    if (c->state != CS_MAIL) {
+        client_bad(c, "503 5.5.1 Need MAIL before DATA");
+        return;
+    }
+    if (c->msg->nrcpts == 0) {
+        client_bad(c, "503 5.5.1 No valid recipients");
+        return;
+    }
+    body_decoder_init(&c->dec);
+    c->too_big = 0;
+    client_set_state(c, CS_DATA);
+    client_reply(c, "354 Start mail input; end with <CRLF>.<CRLF>");
+}
+
+static void client_command(struct client *c, const char *line, size_t len)
+{
+    struct lmtp_cmd *cmd = malloc(sizeof(*cmd));
+    if (cmd == NULL) {
+        client_reply(c, "451 4.3.0 Out of memory");
+        return;
+    }
+    const char *err = lmtp_parse_command(line, len, cmd);
+    if (err) {
+        char esc[120];
+        log_debug("submit client=%lu bad command \"%s\": %s", c->id,
+                  log_escape(line, len < 80 ? len : 80, esc, sizeof(esc)), err);
+        client_bad(c, err);
+        free(cmd);
+        return;
+    }
+    switch (cmd->verb) {
+    case LMTP_LHLO:
+        cmd_lhlo(c);
+        break;
+    case LMTP_MAIL:
+        cmd_mail(c, cmd);
+        break;
+    case LMTP_RCPT:
+        cmd_rcpt(c, cmd);
+        break;
+    case LMTP_DATA:
+        cmd_data(c);
+        break;
+    case LMTP_RSET:
+        client_reset_txn(c);
+        if (c->state != CS_START)
+            client_set_state(c, CS_READY);
+        client_reply(c, "250 2.0.0 Ok");
+        break;
+    case LMTP_NOOP:
+        client_reply(c, "250 2.0.0 Ok");
+        break;
+    case LMTP_QUIT:
+        client_reply(c, "221 2.0.0 Bye");
+        client_close_after_flush(c);
+        break;
+    case LMTP_VRFY:
+        client_reply(c, "252 2.5.0 Cannot VRFY; send the message and see");
+        break;
+    case LMTP_HELP:
+        client_reply(c, "214 2.0.0 LHLO MAIL RCPT DATA RSET NOOP QUIT (RFC 2033)");
+        break;
+    case LMTP_HELO:
+    case LMTP_EHLO:
+        client_bad(c, "500 5.5.1 This is LMTP (RFC 2033): say LHLO");
+        break;
+    case LMTP_STARTTLS:
+    case LMTP_AUTH:
+        client_bad(c, "502 5.5.1 Not available on the local submission socket");
+        break;
+    case LMTP_BDAT:
+        client_bad(c, "502 5.5.1 CHUNKING is not offered");
+        break;
+    case LMTP_UNKNOWN:
+    default:
+        client_bad(c, "500 5.5.2 Unknown command");
+        break;
+    }
+    free(cmd);
+}
+
+/* ---- I/O ------------------------------------------------------------------- */
+
+static void client_read_cb(struct bufferevent *bev, void *arg)
+{
+    struct client *c = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    if (c->in_read)
+        return;
+    c->in_read = 1;
+    while (c->state != CS_WAIT && c->state != CS_CLOSING) {
+        if (c->state == CS_DATA) {
+            if (!client_read_data(c))
+                break;
+            client_data_done(c);
+            continue;
+        }
+        size_t eol_len = 0;
+        struct evbuffer_ptr eol = evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_CRLF);
+        if (eol.pos < 0) {
+            if (evbuffer_get_length(in) > MAILPOOL_MAX_COMMAND_LINE) {
+                client_reply(c, "500 5.5.2 Line too long");
+                client_close_after_flush(c);
+            }
+            break;
+        }
+        size_t len = (size_t)eol.pos;
+        if (len > MAILPOOL_MAX_COMMAND_LINE) {
+            evbuffer_drain(in, len + eol_len);
+            client_reply(c, "500 5.5.2 Line too long");
+            client_close_after_flush(c);
+            break;
+        }
+        char line[MAILPOOL_MAX_COMMAND_LINE + 1];
+        evbuffer_remove(in, line, len);
+        evbuffer_drain(in, eol_len);
+        line[len] = '\0';
+        client_touch(c);
+        client_command(c, line, len);
+    }
+    c->in_read = 0;
+    if (c->state == CS_CLOSING && evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+        client_free(c);
+}
+
+static void client_write_cb(struct bufferevent *bev, void *arg)
+{
+    struct client *c = arg;
+    if (c->state == CS_CLOSING && !c->in_read)
+        client_free(c);
+}
+
+static void client_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    struct client *c = arg;
+    if (what & BEV_EVENT_EOF) {
+        if (c->state == CS_DATA)
+            log_info("submit client=%lu hung up in the middle of DATA: message discarded",
+                     c->id);
+        else if (c->state == CS_WAIT)
+            log_info("submit client=%lu hung up while its message is being relayed", c->id);
+    } else if (what & BEV_EVENT_ERROR) {
+        log_info("submit client=%lu error: %s", c->id, strerror(errno));
+    }
+    if (c->in_read) {
+        c->state = CS_CLOSING;
+        return;
+    }
+    client_free(c);
+}
+
+static void client_deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct client *c = arg;
+    if (c->state == CS_WAIT || c->state == CS_CLOSING)
+        return;
+    log_info("submit client=%lu timed out in state %s", c->id, client_state_names[c->state]);
+    client_reply(c, "421 4.4.2 Timeout, closing connection");
+    client_close_after_flush(c);
+}
+
+static void submit_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
+                             int salen, void *arg)
+{
+    struct submit_server *srv = arg;
+    const struct config *cfg = srv->cfg;
+    if (srv->nclients >= cfg->max_clients) {
+        static const char busy[] = "421 4.3.2 Too many clients, try again later\r\n";
+        ssize_t n = send(fd, busy, sizeof(busy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+        (void)n;
+        close(fd);
+        log_warn("submit refused a client: max_clients=%u reached", cfg->max_clients);
+        return;
+    }
+    struct client *c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        close(fd);
+        return;
+    }
+    c->srv = srv;
+    c->id = ++srv->next_id;
+    struct ucred cred;
+    socklen_t clen = sizeof(cred);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) == 0) {
+        c->uid = cred.uid;
+        c->gid = cred.gid;
+        c->pid = cred.pid;
+    } else {
+        c->uid = (uid_t)-1;
+        c->gid = (gid_t)-1;
+    }
+    c->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    c->deadline = evtimer_new(srv->base, client_deadline_cb, c);
+    if (c->bev == NULL || c->deadline == NULL) {
+        if (c->bev)
+            bufferevent_free(c->bev);
+        else
+            close(fd);
+        if (c->deadline)
+            event_free(c->deadline);
+        free(c);
+        return;
+    }
+    TAILQ_INSERT_TAIL(&srv->clients, c, entry);
+    srv->nclients++;
+    log_debug("submit client=%lu connected uid=%u gid=%u pid=%d", c->id, (unsigned)c->uid,
+              (unsigned)c->gid, (int)c->pid);
+    bufferevent_setcb(c->bev, client_read_cb, client_write_cb, client_event_cb, c);
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    client_touch(c);
+    client_reply(c, "220 %s LMTP mailpoold ready", cfg->hostname);
+}
+
+/* ---- setup --------------------------------------------------------------- */
+
+int submit_listen(const char *path, unsigned mode, char *err, size_t errlen)
+{
+    struct sockaddr_un sun;
+    memset(&sun, 0, sizeof(sun));
+    sun.sun_family = AF_UNIX;
+    if (strlen(path) >= sizeof(sun.sun_path)) {
+        snprintf(err, errlen, "%s: socket path too long", path);
+        return -1;
+    }
+    memcpy(sun.sun_path, path, strlen(path) + 1);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, errlen, "socket: %s", strerror(errno));
+        return -1;
+    }
+    struct stat st;
+    if (lstat(path, &st) == 0) {
+        if (!S_ISSOCK(st.st_mode)) {
+            snprintf(err, errlen, "%s exists and is not a socket", path);
+            close(fd);
+            return -1;
+        }
+        unlink(path); /* stale socket from an earlier run */
+    }
+    mode_t old = umask((mode_t)(~mode & 0777));
+    int rc = bind(fd, (struct sockaddr *)&sun, sizeof(sun));
+    umask(old);
+    if (rc != 0 || listen(fd, 512) != 0) {
+        snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+struct submit_server *submit_new(struct event_base *base, const struct config *cfg,
+                                 struct pool *pool, int fd, char *err, size_t errlen)
+{
+    struct submit_server *srv = calloc(1, sizeof(*srv));
+    if (srv == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    srv->base = base;
+    srv->cfg = cfg;
+    srv->pool = pool;
+    TAILQ_INIT(&srv->clients);
+    srv->listener = evconnlistener_new(base, submit_accept_cb, srv, LEV_OPT_CLOSE_ON_EXEC, -1, fd);
+    if (srv->listener == NULL) {
+        snprintf(err, errlen, "cannot listen on the submission socket");
+        free(srv);
+        return NULL;
+    }
+    return srv;
+}
+
+void submit_stop_accepting(struct submit_server *srv)
+{
+    evconnlistener_disable(srv->listener);
+}
+
+void submit_free(struct submit_server *srv)
+{
+    if (srv == NULL)
+        return;
+    struct client *c;
+    while ((c = TAILQ_FIRST(&srv->clients)) != NULL)
+        client_free(c);
+    evconnlistener_free(srv->listener);
+    free(srv);
+}
+
+size_t submit_clients(const struct submit_server *srv)
+{
+    return srv->nclients;
+}
+
+size_t submit_busy(const struct submit_server *srv)
+{
+    size_t n = 0;
+    const struct client *c;
+    TAILQ_FOREACH(c, &srv->clients, entry)
+    if (c->state == CS_MAIL || c->state == CS_DATA || c->state == CS_WAIT)
+        n++;
+    return n;
+}

@@ -1,0 +1,37 @@
+/*
+ * The submission socket: LMTP (RFC 2033) for local clients, with
+ * PIPELINING, ENHANCEDSTATUSCODES, 8BITMIME, SMTPUTF8, SIZE and the XRELAY /
+ * XMODE parameters.  A message is received completely, then handed to the
+ * pool; one reply per accepted recipient carries that recipient's result.
+ */
+#ifndef MAILPOOL_SUBMIT_H
+#define MAILPOOL_SUBMIT_H
+
+#include <stddef.h>
+
+struct event_base;
+struct config;
+struct pool;
+struct submit_server;
+
+/*
+ * Create, bind and listen on a Unix socket at path (a stale socket file is
+ * replaced; the socket is created with mode `mode` through the umask, never
+ * chmod after bind).  Returns the fd, or -1 with a message in err.
+ */
+int submit_listen(const char *path, unsigned mode, char *err, size_t errlen);
+
+/* Serve LMTP on the listening socket fd (not owned).  NULL on error. */
+struct submit_server *submit_new(struct event_base *base, const struct config *cfg,
+                                 struct pool *pool, int fd, char *err, size_t errlen);
+
+/* Stop accepting new clients (clients already connected carry on). */
+void submit_stop_accepting(struct submit_server *srv);
+/* Close every client and free the server. */
+void submit_free(struct submit_server *srv);
+
+size_t submit_clients(const struct submit_server *srv);
+/* Clients in the middle of a transaction (MAIL given, or waiting for results). */
+size_t submit_busy(const struct submit_server *srv);
+
+#endif

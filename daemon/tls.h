@@ -1,0 +1,66 @@
+/*
+ * TLS client connections through wolfSSL.  This is the only file of the
+ * daemon that includes wolfSSL: everything else sees these opaque types.
+ * Non-blocking: every call returns TLS_WANT_READ / TLS_WANT_WRITE when the
+ * socket is not ready, and the caller (ioev.c) waits for the event and calls
+ * again with the same arguments.
+ *
+ * Verification is on by default: CA chain against ca_file/ca_path (default:
+ * the system bundle) and the host name against server_name, which is also
+ * sent as SNI.  RFC 8314 (implicit TLS), RFC 3207 (STARTTLS), RFC 6125.
+ */
+#ifndef MAILPOOL_TLS_H
+#define MAILPOOL_TLS_H
+
+#include <stddef.h>
+
+struct tls_ctx;
+struct tls_conn;
+
+struct tls_ctx_opts {
+    const char *ca_file;     /* NULL: system bundle */
+    const char *ca_path;     /* NULL: none besides the bundle */
+    int verify;              /* 0: "trusted_site", accept any certificate */
+    int allow_legacy;        /* "secure_fallback": TLS 1.0/1.1 and weak suites */
+    const char *min_version; /* "1.0".."1.3" or NULL (1.2; 1.0 with allow_legacy) */
+};
+
+/* Called once at start-up.  Returns 0, or -1 with a message in err. */
+int tls_init(char *err, size_t errlen);
+void tls_shutdown(void);
+
+/* A client context for one relay profile.  NULL with a message on error. */
+struct tls_ctx *tls_ctx_new(const struct tls_ctx_opts *opts, char *err, size_t errlen);
+void tls_ctx_free(struct tls_ctx *ctx);
+
+enum tls_result {
+    TLS_OK = 0,     /* done / some bytes moved */
+    TLS_WANT_READ,  /* wait for the socket to be readable, then call again */
+    TLS_WANT_WRITE, /* wait for writable, then call again (same arguments) */
+    TLS_EOF,        /* peer closed the TLS session */
+    TLS_FAIL,       /* fatal; tls_conn_error() says why */
+};
+
+/*
+ * A TLS client on connected socket fd (not owned).  server_name is sent as
+ * SNI and verified against the certificate (unless the context does not
+ * verify).  session_key names the server for session resumption (e.g.
+ * "host:port"); a session saved under the same key in this ctx is offered.
+ */
+struct tls_conn *tls_conn_new(struct tls_ctx *ctx, int fd, const char *server_name,
+                              const char *session_key, char *err, size_t errlen);
+void tls_conn_free(struct tls_conn *c); /* sends close_notify best-effort, never blocks */
+
+enum tls_result tls_conn_handshake(struct tls_conn *c);
+enum tls_result tls_conn_read(struct tls_conn *c, void *buf, size_t len, size_t *nread);
+enum tls_result tls_conn_write(struct tls_conn *c, const void *buf, size_t len, size_t *nwritten);
+/* Whether wolfSSL holds decrypted bytes not read yet. */
+int tls_conn_pending(struct tls_conn *c);
+
+/* Why the last call failed, e.g. "certificate verify failed: ... expired". */
+const char *tls_conn_error(const struct tls_conn *c);
+const char *tls_conn_version(const struct tls_conn *c); /* "TLSv1.3" */
+const char *tls_conn_cipher(const struct tls_conn *c);
+int tls_conn_resumed(const struct tls_conn *c);
+
+#endif

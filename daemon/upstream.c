@@ -1,0 +1,1123 @@
+/*
+ * One outbound SMTP session to a relay: RFC 5321, RFC 2920 (PIPELINING),
+ * RFC 3207 (STARTTLS), RFC 8314 (implicit TLS), RFC 4954 (AUTH).
+ *
+ * The flow reads top to bottom: upstream_enter() says what is sent on
+ * entering each state, upstream_reply() handles each complete reply,
+ * upstream_io() handles socket events, and upstream_set_state() is the only
+ * place the state changes (and logs the change at debug level).
+ */
+#include "upstream.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/dns.h>
+#include <event2/event.h>
+#include <event2/util.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "body.h"
+#include "config.h"
+#include "ioev.h"
+#include "log.h"
+#include "message.h"
+#include "sasl.h"
+#include "smtp_reply.h"
+
+enum upstream_state {
+    US_RESOLVING,
+    US_CONNECTING,
+    US_TLS_IMPLICIT, /* handshake right after connect */
+    US_GREETING,
+    US_EHLO,
+    US_HELO,
+    US_STARTTLS,
+    US_TLS_STARTTLS, /* handshake after "220 ready to start TLS" */
+    US_AUTH_PLAIN,
+    US_AUTH_LOGIN,      /* sent AUTH LOGIN, expecting 334 for the user name */
+    US_AUTH_LOGIN_USER, /* sent the user name, expecting 334 for the password */
+    US_AUTH_LOGIN_PASS, /* sent the password, expecting 235 */
+    US_IDLE,
+    US_RSET,
+    US_TXN,  /* MAIL, RCPTs and DATA sent (pipelined or one by one) */
+    US_BODY, /* body and final dot being sent / awaiting the reply to the dot */
+    US_QUIT,
+    US_DEAD,
+    US_LAST
+};
+
+static const char *const state_names[US_LAST] = {
+    [US_RESOLVING] = "resolving",
+    [US_CONNECTING] = "connecting",
+    [US_TLS_IMPLICIT] = "tls-handshake",
+    [US_GREETING] = "greeting",
+    [US_EHLO] = "ehlo",
+    [US_HELO] = "helo",
+    [US_STARTTLS] = "starttls",
+    [US_TLS_STARTTLS] = "starttls-handshake",
+    [US_AUTH_PLAIN] = "auth-plain",
+    [US_AUTH_LOGIN] = "auth-login",
+    [US_AUTH_LOGIN_USER] = "auth-login-user",
+    [US_AUTH_LOGIN_PASS] = "auth-login-pass",
+    [US_IDLE] = "idle",
+    [US_RSET] = "rset",
+    [US_TXN] = "transaction",
+    [US_BODY] = "data",
+    [US_QUIT] = "quit",
+    [US_DEAD] = "dead",
+};
+
+/* Body bytes encoded into the output buffer per write cycle. */
+#define BODY_CHUNK (256 * 1024)
+/* How long QUIT may wait for its reply. */
+#define QUIT_WAIT_MS 2000
+
+struct addr {
+    struct sockaddr_storage ss;
+    socklen_t len;
+};
+
+struct upstream {
+    struct event_base *base;
+    struct evdns_base *dns;
+    const struct relay_config *relay;
+    struct tls_ctx *tls;
+    char *helo_name;
+    upstream_cb cb;
+    void *cb_arg;
+
+    enum upstream_state state;
+    struct ioev *io;
+    struct event *kick; /* deferred start, so no callback runs inside upstream_new() */
+    struct evdns_getaddrinfo_request *dns_req;
+    struct reply_parser parser;
+    struct smtp_caps caps;
+
+    /* Where we are in the relay's host list and in the current host's addresses. */
+    size_t host_idx, hosts_tried;
+    struct addr *addrs;
+    size_t naddrs, addr_idx;
+    char hostport[300];
+
+    /* The current transaction, and the one just finished (for the owner). */
+    struct message *msg;
+    struct message *done_msg;
+    size_t cmd_next;   /* next command to send: 0 MAIL, 1..n RCPT, n+1 DATA */
+    size_t reply_next; /* next reply expected, same numbering */
+    size_t accepted;   /* recipients accepted so far */
+    int mail_failed;
+    int dot_sent;
+    int dirty; /* the last transaction did not end cleanly: RSET first */
+    enum txn_outcome outcome;
+    struct body_encoder enc;
+    size_t body_off;
+
+    unsigned messages;
+    time_t created;
+    int in_cb;
+    int freed;
+
+    int err_code;
+    char err_ecode[16];
+    char error[512];
+};
+
+static void upstream_enter(struct upstream *u);
+static void upstream_io(struct ioev *io, enum ioev_event ev, void *arg);
+static void upstream_next_address(struct upstream *u);
+static void upstream_start_host(struct upstream *u);
+
+static void upstream_set_state(struct upstream *u, enum upstream_state s)
+{
+    log_debug("upstream relay=%s host=%s state=%s->%s", u->relay->name, u->hostport,
+              state_names[u->state], state_names[s]);
+    u->state = s;
+}
+
+static void upstream_really_free(struct upstream *u)
+{
+    if (u->dns_req)
+        evdns_getaddrinfo_cancel(u->dns_req); /* its callback sees u->freed */
+    if (u->io)
+        ioev_free(u->io);
+    if (u->kick)
+        event_free(u->kick);
+    reply_parser_reset(&u->parser);
+    free(u->addrs);
+    free(u->helo_name);
+    free(u);
+}
+
+/*
+ * Tell the owner.  Returns 1 when the owner freed the session inside the
+ * callback: the caller must then return at once without touching u.
+ */
+static int upstream_notify(struct upstream *u, enum upstream_event ev)
+{
+    u->in_cb++;
+    u->cb(u, ev, u->cb_arg);
+    u->in_cb--;
+    if (u->freed && u->in_cb == 0) {
+        upstream_really_free(u);
+        return 1;
+    }
+    return u->freed;
+}
+
+static unsigned phase_ms(unsigned seconds)
+{
+    return seconds * 1000u;
+}
+
+static void upstream_timeout(struct upstream *u, unsigned seconds)
+{
+    if (u->io)
+        ioev_set_timeout(u->io, phase_ms(seconds));
+}
+
+/* Record why the session failed, as a reply for the client. */
+static void upstream_set_error(struct upstream *u, int code, const char *ecode, const char *fmt,
+                               ...) __attribute__((format(printf, 4, 5)));
+static void upstream_set_error(struct upstream *u, int code, const char *ecode, const char *fmt,
+                               ...)
+{
+    char why[400];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof(why), fmt, ap);
+    va_end(ap);
+    u->err_code = code;
+    snprintf(u->err_ecode, sizeof(u->err_ecode), "%s", ecode);
+    snprintf(u->error, sizeof(u->error), "relay %s, host %s: %s", u->relay->name, u->hostport,
+             why);
+}
+
+/*
+ * The session is over.  A transaction in progress ends with TXN_RETRY when
+ * the final dot was not sent yet (nothing can have been delivered) and
+ * TXN_UNKNOWN after it; otherwise the owner gets UPSTREAM_FAILED.
+ */
+static void upstream_fail(struct upstream *u)
+{
+    char esc[600];
+    log_escape(u->error, strlen(u->error), esc, sizeof(esc));
+    log_warn("upstream relay=%s host=%s state=%s error=\"%s\"", u->relay->name, u->hostport,
+             state_names[u->state], esc);
+    int in_txn = u->msg != NULL;
+    upstream_set_state(u, US_DEAD);
+    if (u->io) {
+        ioev_free(u->io);
+        u->io = NULL;
+    }
+    if (in_txn) {
+        u->outcome = u->dot_sent ? TXN_UNKNOWN : TXN_RETRY;
+        u->done_msg = u->msg;
+        u->msg = NULL;
+        upstream_notify(u, UPSTREAM_TXN_DONE);
+    } else {
+        upstream_notify(u, UPSTREAM_FAILED);
+    }
+}
+
+/*
+ * A failure while setting up the session (connect, TLS, greeting): move on
+ * to the next address, then the next host, before giving up.
+ */
+static void upstream_setup_failed(struct upstream *u)
+{
+    char esc[600];
+    log_escape(u->error, strlen(u->error), esc, sizeof(esc));
+    if (u->io) {
+        ioev_free(u->io);
+        u->io = NULL;
+    }
+    reply_parser_reset(&u->parser);
+    memset(&u->caps, 0, sizeof(u->caps));
+    if (u->addr_idx + 1 < u->naddrs) {
+        log_info("upstream relay=%s host=%s error=\"%s\" trying next address", u->relay->name,
+                 u->hostport, esc);
+        u->addr_idx++;
+        upstream_next_address(u);
+        return;
+    }
+    if (u->hosts_tried + 1 < u->relay->nhosts) {
+        log_info("upstream relay=%s host=%s error=\"%s\" trying next host", u->relay->name,
+                 u->hostport, esc);
+        u->hosts_tried++;
+        u->host_idx = (u->host_idx + 1) % u->relay->nhosts;
+        upstream_start_host(u);
+        return;
+    }
+    upstream_fail(u);
+}
+
+static void upstream_send_line(struct upstream *u, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void upstream_send_line(struct upstream *u, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    evbuffer_add_vprintf(ioev_output(u->io), fmt, ap);
+    va_end(ap);
+    evbuffer_add(ioev_output(u->io), "\r\n", 2);
+}
+
+/* ---- resolving and connecting ---------------------------------------- */
+
+static void upstream_connect(struct upstream *u)
+{
+    char err[256];
+    struct addr *a = &u->addrs[u->addr_idx];
+    upstream_set_state(u, US_CONNECTING);
+    u->io = ioev_connect(u->base, (struct sockaddr *)&a->ss, a->len, upstream_io, u, err,
+                         sizeof(err));
+    if (u->io == NULL) {
+        upstream_set_error(u, 451, "4.4.1", "cannot connect: %s", err);
+        upstream_setup_failed(u);
+        return;
+    }
+    upstream_timeout(u, u->relay->timeouts.connect);
+}
+
+static void upstream_next_address(struct upstream *u)
+{
+    const struct relay_host *h = &u->relay->hosts[u->host_idx];
+    struct addr *a = &u->addrs[u->addr_idx];
+    char ip[INET6_ADDRSTRLEN] = "?";
+    if (a->ss.ss_family == AF_INET6)
+        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&a->ss)->sin6_addr, ip, sizeof(ip));
+    else
+        inet_ntop(AF_INET, &((struct sockaddr_in *)&a->ss)->sin_addr, ip, sizeof(ip));
+    log_debug("upstream relay=%s host=%s:%u address=%s", u->relay->name, h->host, h->port, ip);
+    upstream_connect(u);
+}
+
+/* Order the addresses: IPv4 first unless prefer_ipv6 (stable otherwise). */
+static void order_addresses(struct upstream *u)
+{
+    int want6 = (u->relay->options & RELAY_OPT_PREFER_IPV6) != 0;
+    struct addr *sorted = malloc(u->naddrs * sizeof(*sorted));
+    if (sorted == NULL)
+        return;
+    size_t n = 0;
+    for (int pass = 0; pass < 2; pass++)
+        for (size_t i = 0; i < u->naddrs; i++) {
+            int is6 = u->addrs[i].ss.ss_family == AF_INET6;
+            if ((pass == 0) == (is6 == want6))
+                sorted[n++] = u->addrs[i];
+        }
+    free(u->addrs);
+    u->addrs = sorted;
+}
+
+static void upstream_resolved(int result, struct evutil_addrinfo *res, void *arg)
+{
+    struct upstream *u = arg;
+    u->dns_req = NULL;
+    if (result == EVUTIL_EAI_CANCEL || u->freed) {
+        if (res)
+            evutil_freeaddrinfo(res);
+        return;
+    }
+    const struct relay_host *h = &u->relay->hosts[u->host_idx];
+    if (result != 0) {
+        upstream_set_error(u, 451, "4.4.3", "cannot resolve %s: %s", h->host,
+                           evutil_gai_strerror(result));
+        upstream_setup_failed(u);
+        return;
+    }
+    size_t n = 0;
+    for (struct evutil_addrinfo *ai = res; ai; ai = ai->ai_next)
+        n++;
+    free(u->addrs);
+    u->addrs = calloc(n ? n : 1, sizeof(*u->addrs));
+    u->naddrs = 0;
+    for (struct evutil_addrinfo *ai = res; ai && u->addrs; ai = ai->ai_next) {
+        if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6)
+            continue;
+        struct addr *a = &u->addrs[u->naddrs++];
+        memcpy(&a->ss, ai->ai_addr, ai->ai_addrlen);
+        a->len = (socklen_t)ai->ai_addrlen;
+        if (ai->ai_family == AF_INET)
+            ((struct sockaddr_in *)&a->ss)->sin_port = htons(h->port);
+        else
+            ((struct sockaddr_in6 *)&a->ss)->sin6_port = htons(h->port);
+    }
+    evutil_freeaddrinfo(res);
+    if (u->naddrs == 0) {
+        upstream_set_error(u, 451, "4.4.3", "%s has no usable address", h->host);
+        upstream_setup_failed(u);
+        return;
+    }
+    order_addresses(u);
+    u->addr_idx = 0;
+    upstream_next_address(u);
+}
+
+static void upstream_start_host(struct upstream *u)
+{
+    const struct relay_host *h = &u->relay->hosts[u->host_idx];
+    snprintf(u->hostport, sizeof(u->hostport), "%s:%u", h->host, h->port);
+    upstream_set_state(u, US_RESOLVING);
+    struct evutil_addrinfo hints;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_protocol = IPPROTO_TCP;
+    hints.ai_flags = EVUTIL_AI_ADDRCONFIG;
+    /* May call upstream_resolved() at once for address literals. */
+    u->dns_req = evdns_getaddrinfo(u->dns, h->host, NULL, &hints, upstream_resolved, u);
+}
+
+static void upstream_kick(evutil_socket_t fd, short what, void *arg)
+{
+    upstream_start_host(arg);
+}
+
+/* ---- TLS ---------------------------------------------------------------- */
+
+static void upstream_start_tls(struct upstream *u, enum upstream_state s)
+{
+    char err[256];
+    const struct relay_host *h = &u->relay->hosts[u->host_idx];
+    const char *name = u->relay->tls_server_name ? u->relay->tls_server_name : h->host;
+    upstream_set_state(u, s);
+    if (u->tls == NULL ||
+        ioev_start_tls(u->io, u->tls, name, u->hostport, err, sizeof(err)) != 0) {
+        upstream_set_error(u, 451, "4.7.5", "cannot start TLS: %s",
+                           u->tls ? err : "no TLS context");
+        upstream_setup_failed(u);
+        return;
+    }
+    upstream_timeout(u, u->relay->timeouts.greeting);
+}
+
+/* ---- transactions ------------------------------------------------------- */
+
+static int needs_smtputf8(const struct message *m)
+{
+    if (m->smtputf8)
+        return 1;
+    for (const char *p = m->sender; *p; p++)
+        if ((unsigned char)*p >= 0x80)
+            return 1;
+    for (size_t i = 0; i < m->nrcpts; i++)
+        for (const char *p = m->rcpts[i]; *p; p++)
+            if ((unsigned char)*p >= 0x80)
+                return 1;
+    return 0;
+}
+
+static void txn_send_command(struct upstream *u, size_t k)
+{
+    struct message *m = u->msg;
+    if (k == 0) {
+        char params[96] = "";
+        size_t o = 0;
+        if (u->caps.flags & CAP_SIZE)
+            o += (size_t)snprintf(params + o, sizeof(params) - o, " SIZE=%zu", m->size);
+        if (m->eightbit && (u->caps.flags & CAP_8BITMIME))
+            o += (size_t)snprintf(params + o, sizeof(params) - o, " BODY=8BITMIME");
+        if (needs_smtputf8(m))
+            snprintf(params + o, sizeof(params) - o, " SMTPUTF8");
+        upstream_send_line(u, "MAIL FROM:<%s>%s", m->sender, params);
+    } else if (k <= m->nrcpts) {
+        upstream_send_line(u, "RCPT TO:<%s>", m->rcpts[k - 1]);
+    } else {
+        upstream_send_line(u, "DATA");
+    }
+}
+
+/*
+ * Send what may be sent now: with PIPELINING every command at once (one
+ * write), otherwise the next one after the previous reply.
+ */
+static void txn_send_more(struct upstream *u)
+{
+    size_t last = u->msg->nrcpts + 1;
+    int pipelining = (u->caps.flags & CAP_PIPELINING) != 0;
+    while (u->cmd_next <= last && (pipelining || u->cmd_next == u->reply_next)) {
+        txn_send_command(u, u->cmd_next);
+        u->cmd_next++;
+    }
+    ioev_flush(u->io);
+    upstream_timeout(u, u->relay->timeouts.command);
+}
+
+/* Encode the next part of the body, and the final dot after the last part. */
+static void txn_send_body(struct upstream *u)
+{
+    struct message *m = u->msg;
+    struct evbuffer *out = ioev_output(u->io);
+    size_t want = m->size - u->body_off;
+    if (want > BODY_CHUNK)
+        want = BODY_CHUNK;
+    if (want > 0) {
+        struct evbuffer_ptr pos;
+        struct evbuffer_iovec vec[16];
+        evbuffer_ptr_set(m->body, &pos, u->body_off, EVBUFFER_PTR_SET);
+        int n = evbuffer_peek(m->body, (ev_ssize_t)want, &pos, vec, 16);
+        size_t done = 0;
+        for (int i = 0; i < n && i < 16 && done < want; i++) {
+            size_t len = vec[i].iov_len;
+            if (len > want - done)
+                len = want - done;
+            struct evbuffer_iovec w;
+            if (evbuffer_reserve_space(out, (ev_ssize_t)(2 * len + 2), &w, 1) < 1)
+                break;
+            size_t outlen = body_encode(&u->enc, vec[i].iov_base, len, w.iov_base);
+            w.iov_len = outlen;
+            evbuffer_commit_space(out, &w, 1);
+            done += len;
+        }
+        u->body_off += done;
+    }
+    if (u->body_off >= m->size) {
+        char end[8];
+        size_t n = body_encode_end(&u->enc, end);
+        evbuffer_add(out, end, n);
+        u->dot_sent = 1;
+        ioev_flush(u->io);
+        upstream_timeout(u, u->relay->timeouts.data_end);
+    } else {
+        ioev_flush(u->io);
+        upstream_timeout(u, u->relay->timeouts.data_block);
+    }
+}
+
+static void txn_finish(struct upstream *u, int clean)
+{
+    u->dirty = !clean;
+    u->outcome = TXN_COMPLETE;
+    u->messages++;
+    u->done_msg = u->msg;
+    u->msg = NULL;
+    upstream_set_state(u, US_IDLE);
+    ioev_set_timeout(u->io, 0);
+    /* The owner may hand us the next message from inside the callback. */
+    upstream_notify(u, UPSTREAM_TXN_DONE);
+}
+
+static void reply_text(const struct smtp_reply *r, char *out, size_t outlen)
+{
+    /* One line for the client: the lines of a multiline reply joined by spaces. */
+    snprintf(out, outlen, "%s", r->text);
+    for (char *p = out; *p; p++)
+        if (*p == '\n')
+            *p = ' ';
+}
+
+static void txn_reply(struct upstream *u, const struct smtp_reply *r)
+{
+    struct message *m = u->msg;
+    char text[1024];
+    reply_text(r, text, sizeof(text));
+    size_t k = u->reply_next++;
+
+    if (k == 0) { /* MAIL */
+        if (r->code / 100 != 2) {
+            u->mail_failed = 1;
+            message_set_pending_results(m, r->code, r->ecode, text);
+        }
+    } else if (k <= m->nrcpts) { /* RCPT */
+        if (u->mail_failed)
+            ; /* results already set from the MAIL reply */
+        else if (r->code / 100 == 2)
+            u->accepted++;
+        else
+            message_set_result(m, k - 1, r->code, r->ecode, text);
+    } else { /* DATA */
+        if (r->code == 354 && u->accepted > 0 && !u->mail_failed) {
+            upstream_set_state(u, US_BODY);
+            body_encoder_init(&u->enc);
+            u->body_off = 0;
+            txn_send_body(u);
+            return;
+        }
+        if (r->code == 354) {
+            /* RFC 2920: DATA accepted though no recipient was; send an empty body. */
+            evbuffer_add(ioev_output(u->io), ".\r\n", 3);
+            ioev_flush(u->io);
+            u->dot_sent = 1;
+            upstream_set_state(u, US_BODY);
+            return;
+        }
+        message_set_pending_results(m, r->code, r->ecode, text);
+        txn_finish(u, 0);
+        return;
+    }
+
+    /* Without pipelining, stop early when nothing more can succeed. */
+    int pipelining = (u->caps.flags & CAP_PIPELINING) != 0;
+    if (!pipelining) {
+        if (u->mail_failed || (u->reply_next == m->nrcpts + 1 && u->accepted == 0)) {
+            message_set_pending_results(m, r->code, r->ecode, text);
+            txn_finish(u, 0);
+            return;
+        }
+    }
+    txn_send_more(u);
+}
+
+static void body_reply(struct upstream *u, const struct smtp_reply *r)
+{
+    char text[1024];
+    reply_text(r, text, sizeof(text));
+    if (u->accepted == 0) {
+        /* The empty body that RFC 2920 makes us send; results are set already. */
+        txn_finish(u, 0);
+        return;
+    }
+    /* SMTP gives one reply for all accepted recipients. */
+    message_set_pending_results(u->msg, r->code, r->ecode, text);
+    txn_finish(u, r->code / 100 == 2);
+}
+
+int upstream_send(struct upstream *u, struct message *m)
+{
+    if (u->state != US_IDLE || u->msg != NULL || u->freed)
+        return -1;
+    u->msg = m;
+    u->done_msg = NULL;
+    u->cmd_next = u->reply_next = 0;
+    u->accepted = 0;
+    u->mail_failed = 0;
+    u->dot_sent = 0;
+    message_clear_results(m);
+
+    if ((u->caps.flags & CAP_SIZE) && u->caps.size > 0 && m->size > u->caps.size) {
+        char text[160];
+        snprintf(text, sizeof(text), "message size %zu exceeds the fixed limit %llu of relay %s",
+                 m->size, u->caps.size, u->relay->name);
+        message_set_pending_results(m, 552, "5.3.4", text);
+        upstream_set_state(u, US_TXN);
+        u->reply_next = m->nrcpts + 2;
+        /* Report asynchronously through a zero timer, like a server reply. */
+        event_active(u->kick, EV_TIMEOUT, 0);
+        return 0;
+    }
+    if (needs_smtputf8(m) && !(u->caps.flags & CAP_SMTPUTF8)) {
+        message_set_pending_results(m, 553, "5.6.7",
+                                    "relay does not support SMTPUTF8 (internationalised address)");
+        upstream_set_state(u, US_TXN);
+        u->reply_next = m->nrcpts + 2;
+        event_active(u->kick, EV_TIMEOUT, 0);
+        return 0;
+    }
+    if (u->dirty) {
+        upstream_set_state(u, US_RSET);
+        upstream_send_line(u, "RSET");
+        ioev_flush(u->io);
+        upstream_timeout(u, u->relay->timeouts.command);
+        return 0;
+    }
+    upstream_set_state(u, US_TXN);
+    txn_send_more(u);
+    return 0;
+}
+
+/* The kick event after upstream_new() starts the session; during a
+ * transaction it completes one that was refused locally. */
+static void upstream_kick_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct upstream *u = arg;
+    if (u->state == US_TXN && u->msg && u->reply_next == u->msg->nrcpts + 2) {
+        txn_finish(u, 1);
+        return;
+    }
+    upstream_kick(fd, what, arg);
+}
+
+/* ---- the state machine -------------------------------------------------- */
+
+/* What is sent on entering a state. */
+static void upstream_enter(struct upstream *u)
+{
+    const struct relay_config *rc = u->relay;
+    switch (u->state) {
+    case US_EHLO:
+        upstream_send_line(u, "EHLO %s", u->helo_name);
+        break;
+    case US_HELO:
+        upstream_send_line(u, "HELO %s", u->helo_name);
+        break;
+    case US_STARTTLS:
+        upstream_send_line(u, "STARTTLS");
+        break;
+    case US_AUTH_PLAIN: {
+        char *resp = sasl_plain_response(rc->auth_user, rc->auth_password);
+        if (resp == NULL) {
+            upstream_set_error(u, 451, "4.3.0", "out of memory");
+            upstream_fail(u);
+            return;
+        }
+        upstream_send_line(u, "AUTH PLAIN %s", resp);
+        sasl_free(resp);
+        break;
+    }
+    case US_AUTH_LOGIN:
+        upstream_send_line(u, "AUTH LOGIN");
+        break;
+    case US_QUIT:
+        upstream_send_line(u, "QUIT");
+        ioev_flush(u->io);
+        ioev_set_timeout(u->io, QUIT_WAIT_MS);
+        return;
+    default:
+        return;
+    }
+    ioev_flush(u->io);
+    upstream_timeout(u, rc->timeouts.command);
+}
+
+static void upstream_goto(struct upstream *u, enum upstream_state s)
+{
+    upstream_set_state(u, s);
+    upstream_enter(u);
+}
+
+static void upstream_now_idle(struct upstream *u)
+{
+    upstream_set_state(u, US_IDLE);
+    ioev_set_timeout(u->io, 0);
+    log_info("upstream relay=%s host=%s ready tls=%s resumed=%d", u->relay->name, u->hostport,
+             ioev_tls_version(u->io) ? ioev_tls_version(u->io) : "none",
+             ioev_tls_resumed(u->io));
+    upstream_notify(u, UPSTREAM_READY);
+}
+
+/* After EHLO (or HELO): STARTTLS, AUTH, or ready. */
+static void upstream_after_hello(struct upstream *u)
+{
+    const struct relay_config *rc = u->relay;
+    int tls = ioev_is_tls(u->io);
+    if ((rc->options & RELAY_OPT_SECURE) && !tls) {
+        if (!(u->caps.flags & CAP_STARTTLS)) {
+            upstream_set_error(u, 451, "4.7.4",
+                               "server does not offer STARTTLS, which option 'secure' requires");
+            upstream_setup_failed(u);
+            return;
+        }
+        upstream_goto(u, US_STARTTLS);
+        return;
+    }
+    if (rc->has_auth) {
+        if (!tls && !rc->allow_plaintext_auth) {
+            upstream_set_error(u, 451, "4.7.0",
+                               "refusing to send credentials over an unencrypted connection");
+            upstream_setup_failed(u);
+            return;
+        }
+        unsigned mech = sasl_choose(u->caps.auth, rc->auth_mechanisms);
+        if (mech == 0) {
+            upstream_set_error(u, 451, "4.7.0",
+                               (u->caps.flags & CAP_AUTH)
+                                   ? "server offers no AUTH mechanism that is allowed"
+                                   : "server does not offer AUTH");
+            upstream_setup_failed(u);
+            return;
+        }
+        upstream_goto(u, mech == AUTH_MECH_PLAIN ? US_AUTH_PLAIN : US_AUTH_LOGIN);
+        return;
+    }
+    upstream_now_idle(u);
+}
+
+static void upstream_reply_error(struct upstream *u, const char *what,
+                                 const struct smtp_reply *r)
+{
+    char text[600];
+    reply_text(r, text, sizeof(text));
+    upstream_set_error(u, 451, r->code == 421 ? "4.4.2" : "4.4.0", "%s: %d %s%s%s", what, r->code,
+                       r->ecode, r->ecode[0] ? " " : "", text);
+}
+
+/* Handle one complete reply in the current state. */
+static void upstream_reply(struct upstream *u, const struct smtp_reply *r)
+{
+    const struct relay_config *rc = u->relay;
+
+    if (r->code == 421 && u->state != US_QUIT) {
+        /* RFC 5321 3.8: the server is closing; unconfirmed recipients temp-fail. */
+        upstream_reply_error(u, "server closed the session", r);
+        if (u->msg)
+            upstream_fail(u);
+        else if (u->state == US_IDLE)
+            upstream_fail(u);
+        else
+            upstream_setup_failed(u);
+        return;
+    }
+
+    switch (u->state) {
+    case US_GREETING:
+        if (r->code != 220) {
+            upstream_reply_error(u, "greeting", r);
+            upstream_setup_failed(u);
+            return;
+        }
+        upstream_goto(u, (rc->options & RELAY_OPT_EXTENDED) ? US_EHLO : US_HELO);
+        return;
+
+    case US_EHLO:
+        if (r->code / 100 != 2) {
+            /* RFC 5321 3.2: fall back to HELO, unless something needs ESMTP. */
+            int needs_esmtp = rc->has_auth || ((rc->options & RELAY_OPT_SECURE) &&
+                                               !ioev_is_tls(u->io));
+            if (r->code / 100 == 5 && !needs_esmtp) {
+                upstream_goto(u, US_HELO);
+                return;
+            }
+            upstream_reply_error(u, "EHLO", r);
+            upstream_setup_failed(u);
+            return;
+        }
+        memset(&u->caps, 0, sizeof(u->caps));
+        smtp_caps_parse(r, &u->caps);
+        upstream_after_hello(u);
+        return;
+
+    case US_HELO:
+        if (r->code / 100 != 2) {
+            upstream_reply_error(u, "HELO", r);
+            upstream_setup_failed(u);
+            return;
+        }
+        memset(&u->caps, 0, sizeof(u->caps));
+        upstream_after_hello(u);
+        return;
+
+    case US_STARTTLS:
+        if (r->code != 220) {
+            upstream_reply_error(u, "STARTTLS", r);
+            upstream_setup_failed(u);
+            return;
+        }
+        /* RFC 3207 4.2 / STARTTLS injection: nothing may follow the 220 in plaintext. */
+        if (evbuffer_get_length(ioev_input(u->io)) > 0 || reply_parser_pending(&u->parser)) {
+            upstream_set_error(u, 451, "4.7.0",
+                               "server sent data after its STARTTLS reply (possible injection); "
+                               "session aborted");
+            upstream_setup_failed(u);
+            return;
+        }
+        /* Everything learned before TLS is forgotten (RFC 3207 4.2). */
+        memset(&u->caps, 0, sizeof(u->caps));
+        upstream_start_tls(u, US_TLS_STARTTLS);
+        return;
+
+    case US_AUTH_PLAIN:
+        if (r->code == 334) {
+            /* Server wants the response after an empty challenge. */
+            char *resp = sasl_plain_response(rc->auth_user, rc->auth_password);
+            if (resp) {
+                upstream_send_line(u, "%s", resp);
+                sasl_free(resp);
+                ioev_flush(u->io);
+                upstream_timeout(u, rc->timeouts.command);
+                return;
+            }
+        }
+        goto auth_result;
+
+    case US_AUTH_LOGIN:
+    case US_AUTH_LOGIN_USER:
+        if (r->code != 334)
+            goto auth_result;
+        {
+            const char *secret =
+                u->state == US_AUTH_LOGIN ? rc->auth_user : rc->auth_password;
+            char *resp = sasl_b64(secret);
+            if (resp == NULL) {
+                upstream_set_error(u, 451, "4.3.0", "out of memory");
+                upstream_fail(u);
+                return;
+            }
+            upstream_set_state(u, u->state == US_AUTH_LOGIN ? US_AUTH_LOGIN_USER
+                                                            : US_AUTH_LOGIN_PASS);
+            upstream_send_line(u, "%s", resp);
+            sasl_free(resp);
+            ioev_flush(u->io);
+            upstream_timeout(u, rc->timeouts.command);
+        }
+        return;
+
+    case US_AUTH_LOGIN_PASS:
+    auth_result:
+        if (r->code == 235) {
+            log_info("upstream relay=%s host=%s authenticated user=%s", rc->name, u->hostport,
+                     rc->auth_user);
+            upstream_now_idle(u);
+            return;
+        }
+        upstream_reply_error(u, "authentication failed", r);
+        /* Credentials are the same for every host: do not try the next one. */
+        upstream_fail(u);
+        return;
+
+    case US_RSET:
+        if (r->code / 100 != 2) {
+            upstream_reply_error(u, "RSET", r);
+            upstream_fail(u);
+            return;
+        }
+        u->dirty = 0;
+        upstream_set_state(u, US_TXN);
+        txn_send_more(u);
+        return;
+
+    case US_TXN:
+        txn_reply(u, r);
+        return;
+
+    case US_BODY:
+        if (!u->dot_sent) {
+            upstream_reply_error(u, "unexpected reply while sending data", r);
+            upstream_fail(u);
+            return;
+        }
+        body_reply(u, r);
+        return;
+
+    case US_QUIT:
+        upstream_set_state(u, US_DEAD);
+        upstream_free(u);
+        return;
+
+    case US_IDLE:
+    default:
+        upstream_reply_error(u, "unexpected reply", r);
+        upstream_fail(u);
+        return;
+    }
+}
+
+/* Parse what arrived and handle each complete reply. */
+static void upstream_read(struct upstream *u)
+{
+    struct evbuffer *in = ioev_input(u->io);
+    while (u->io && evbuffer_get_length(in) > 0 && u->state != US_DEAD) {
+        size_t len = evbuffer_get_length(in);
+        const char *data = (const char *)evbuffer_pullup(in, (ev_ssize_t)len);
+        enum reply_status st;
+        struct smtp_reply r;
+        size_t used = reply_parser_feed(&u->parser, data, len, &st, &r);
+        evbuffer_drain(in, used);
+        if (st == REPLY_INCOMPLETE)
+            return;
+        if (st == REPLY_ERROR) {
+            char esc[200];
+            const char *why = reply_parser_error(&u->parser);
+            upstream_set_error(u, 451, "4.5.0", "protocol error in server reply: %s",
+                               log_escape(why, strlen(why), esc, sizeof(esc)));
+            reply_parser_reset(&u->parser);
+            if (u->state < US_IDLE)
+                upstream_setup_failed(u);
+            else
+                upstream_fail(u);
+            return;
+        }
+        /* Keep u alive across the handler even if the owner frees it. */
+        u->in_cb++;
+        upstream_reply(u, &r);
+        u->in_cb--;
+        smtp_reply_clear(&r);
+        if (u->freed) {
+            if (u->in_cb == 0)
+                upstream_really_free(u);
+            return;
+        }
+        if (u->io)
+            in = ioev_input(u->io);
+    }
+}
+
+static void upstream_io(struct ioev *io, enum ioev_event ev, void *arg)
+{
+    struct upstream *u = arg;
+    u->in_cb++;
+    switch (ev) {
+    case IOEV_CONNECTED:
+        if (u->relay->options & RELAY_OPT_SECURE_IMPLICIT) {
+            upstream_start_tls(u, US_TLS_IMPLICIT);
+        } else {
+            upstream_set_state(u, US_GREETING);
+            upstream_timeout(u, u->relay->timeouts.greeting);
+        }
+        break;
+    case IOEV_TLS_DONE:
+        log_debug("upstream relay=%s host=%s tls=%s cipher=%s resumed=%d", u->relay->name,
+                  u->hostport, ioev_tls_version(io), ioev_tls_cipher(io), ioev_tls_resumed(io));
+        if (u->state == US_TLS_IMPLICIT) {
+            upstream_set_state(u, US_GREETING);
+            upstream_timeout(u, u->relay->timeouts.greeting);
+        } else {
+            upstream_goto(u, US_EHLO);
+        }
+        break;
+    case IOEV_READ:
+        upstream_read(u);
+        break;
+    case IOEV_FLUSHED:
+        if (u->state == US_BODY && !u->dot_sent)
+            txn_send_body(u);
+        break;
+    case IOEV_EOF:
+    case IOEV_ERROR:
+    case IOEV_TIMEOUT: {
+        const char *why = ev == IOEV_EOF       ? "connection closed by the server"
+                          : ev == IOEV_TIMEOUT ? "timed out"
+                                               : ioev_error(io);
+        if (u->state == US_QUIT) {
+            upstream_set_state(u, US_DEAD);
+            upstream_free(u);
+            break;
+        }
+        const char *ecode = "4.4.2";
+        if (u->state == US_TLS_IMPLICIT || u->state == US_TLS_STARTTLS)
+            ecode = "4.7.5";
+        else if (u->state == US_CONNECTING)
+            ecode = "4.4.1";
+        if (u->state == US_BODY && u->dot_sent)
+            upstream_set_error(u, 451, ecode,
+                               "%s after the end of data, before the server's reply: outcome "
+                               "unknown, the message may have been delivered",
+                               why);
+        else if (u->state == US_BODY)
+            upstream_set_error(u, 451, ecode, "%s while sending the message data", why);
+        else
+            upstream_set_error(u, 451, ecode, "%s (state %s)", why, state_names[u->state]);
+        if (u->state < US_IDLE)
+            upstream_setup_failed(u);
+        else
+            upstream_fail(u);
+        break;
+    }
+    }
+    u->in_cb--;
+    if (u->freed && u->in_cb == 0)
+        upstream_really_free(u);
+}
+
+/* ---- life cycle --------------------------------------------------------- */
+
+struct upstream *upstream_new(const struct upstream_params *p, upstream_cb cb, void *arg)
+{
+    struct upstream *u = calloc(1, sizeof(*u));
+    if (u == NULL)
+        return NULL;
+    u->base = p->base;
+    u->dns = p->dns;
+    u->relay = p->relay;
+    u->tls = p->tls;
+    u->helo_name = strdup(p->helo_name);
+    u->cb = cb;
+    u->cb_arg = arg;
+    u->host_idx = p->first_host < p->relay->nhosts ? p->first_host : 0;
+    u->created = time(NULL);
+    reply_parser_init(&u->parser);
+    u->kick = event_new(p->base, -1, 0, upstream_kick_cb, u);
+    if (u->helo_name == NULL || u->kick == NULL) {
+        upstream_really_free(u);
+        return NULL;
+    }
+    const struct relay_host *h = &p->relay->hosts[u->host_idx];
+    snprintf(u->hostport, sizeof(u->hostport), "%s:%u", h->host, h->port);
+    u->state = US_RESOLVING;
+    event_active(u->kick, EV_TIMEOUT, 0);
+    return u;
+}
+
+void upstream_free(struct upstream *u)
+{
+    if (u == NULL || u->freed)
+        return;
+    u->freed = 1;
+    if (u->in_cb == 0)
+        upstream_really_free(u);
+}
+
+void upstream_quit(struct upstream *u)
+{
+    if (u->io == NULL || u->state == US_DEAD || u->state < US_GREETING) {
+        upstream_free(u);
+        return;
+    }
+    u->msg = NULL;
+    upstream_goto(u, US_QUIT);
+}
+
+enum txn_outcome upstream_txn_outcome(const struct upstream *u)
+{
+    return u->outcome;
+}
+
+struct message *upstream_txn_message(const struct upstream *u)
+{
+    return u->done_msg;
+}
+
+int upstream_usable(const struct upstream *u)
+{
+    return u->state == US_IDLE && u->msg == NULL && !u->freed;
+}
+
+int upstream_error_code(const struct upstream *u)
+{
+    return u->err_code ? u->err_code : 451;
+}
+
+const char *upstream_error_ecode(const struct upstream *u)
+{
+    return u->err_ecode[0] ? u->err_ecode : "4.4.0";
+}
+
+const char *upstream_error(const struct upstream *u)
+{
+    return u->error;
+}
+
+const char *upstream_state_name(const struct upstream *u)
+{
+    return state_names[u->state];
+}
+
+const char *upstream_host(const struct upstream *u)
+{
+    return u->hostport;
+}
+
+size_t upstream_host_index(const struct upstream *u)
+{
+    return u->host_idx;
+}
+
+unsigned upstream_messages(const struct upstream *u)
+{
+    return u->messages;
+}
+
+const char *upstream_tls_version(const struct upstream *u)
+{
+    return u->io ? ioev_tls_version(u->io) : NULL;
+}
+
+const char *upstream_tls_cipher(const struct upstream *u)
+{
+    return u->io ? ioev_tls_cipher(u->io) : NULL;
+}
+
+int upstream_tls_resumed(const struct upstream *u)
+{
+    return u->io ? ioev_tls_resumed(u->io) : 0;
+}
+
+time_t upstream_created(const struct upstream *u)
+{
+    return u->created;
+}

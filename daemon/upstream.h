@@ -1,0 +1,88 @@
+/*
+ * One outbound SMTP session to a relay (RFC 5321), as an explicit state
+ * machine: resolve -> connect -> (implicit TLS) -> greeting -> EHLO/HELO ->
+ * (STARTTLS -> TLS -> EHLO) -> AUTH -> idle <-> transaction -> QUIT.
+ * RFC 2920 (PIPELINING), RFC 3207 (STARTTLS), RFC 4954 (AUTH), RFC 8314.
+ *
+ * The owner (relay.c) creates a session, waits for UPSTREAM_READY, hands it
+ * a message with upstream_send(), and gets UPSTREAM_TXN_DONE with the
+ * per-recipient results written into the message.  Session-level failures
+ * are reported as a reply to give the client (code, enhanced code, text).
+ */
+#ifndef MAILPOOL_UPSTREAM_H
+#define MAILPOOL_UPSTREAM_H
+
+#include <stddef.h>
+#include <time.h>
+
+struct event_base;
+struct evdns_base;
+struct relay_config;
+struct tls_ctx;
+struct message;
+struct upstream;
+
+enum upstream_event {
+    UPSTREAM_READY,    /* established, or transaction finished: idle, may take a message */
+    UPSTREAM_TXN_DONE, /* the transaction ended; see upstream_txn_outcome() */
+    UPSTREAM_FAILED,   /* the session died while not in a transaction; free it */
+};
+
+enum txn_outcome {
+    TXN_COMPLETE, /* every recipient has a result from the server (or a local refusal) */
+    TXN_RETRY,    /* the session failed before the end of data was sent: nothing delivered */
+    TXN_UNKNOWN,  /* the session failed after the end of data, before the reply */
+};
+
+typedef void (*upstream_cb)(struct upstream *u, enum upstream_event ev, void *arg);
+
+struct upstream_params {
+    struct event_base *base;
+    struct evdns_base *dns;
+    const struct relay_config *relay;
+    struct tls_ctx *tls; /* NULL when the relay uses no TLS */
+    const char *helo_name;
+    size_t first_host; /* index into relay->hosts to try first */
+};
+
+/* Start a session (resolving and connecting asynchronously).  NULL on ENOMEM. */
+struct upstream *upstream_new(const struct upstream_params *p, upstream_cb cb, void *arg);
+
+/*
+ * Free the session, closing the connection without QUIT.  Safe inside the
+ * session's own callback (the memory goes when the callback returns).
+ */
+void upstream_free(struct upstream *u);
+
+/* Send QUIT and free the session once the server answered or after a short wait. */
+void upstream_quit(struct upstream *u);
+
+/* Hand an idle session one message.  Returns 0, or -1 if the session is not idle. */
+int upstream_send(struct upstream *u, struct message *m);
+
+/* After UPSTREAM_TXN_DONE: the outcome, and the message (ownership stays with the caller). */
+enum txn_outcome upstream_txn_outcome(const struct upstream *u);
+struct message *upstream_txn_message(const struct upstream *u);
+
+/* Whether the session can take another message (idle and healthy). */
+int upstream_usable(const struct upstream *u);
+
+/*
+ * Why the session failed, as a reply for the client: a 4xx code, an
+ * enhanced code and a text naming the relay, the host and the reason.
+ */
+int upstream_error_code(const struct upstream *u);
+const char *upstream_error_ecode(const struct upstream *u);
+const char *upstream_error(const struct upstream *u);
+
+/* Introspection for logs and the control socket. */
+const char *upstream_state_name(const struct upstream *u);
+const char *upstream_host(const struct upstream *u); /* "host:port" being used */
+size_t upstream_host_index(const struct upstream *u);
+unsigned upstream_messages(const struct upstream *u);
+const char *upstream_tls_version(const struct upstream *u);
+const char *upstream_tls_cipher(const struct upstream *u);
+int upstream_tls_resumed(const struct upstream *u);
+time_t upstream_created(const struct upstream *u);
+
+#endif
