@@ -21,18 +21,18 @@ extern "C" {
 
 typedef enum mailpool_status {
     MAILPOOL_OK = 0,
-    MAILPOOL_ERR_ARGS = -1,        /* a bad argument (NULL, CR/LF/NUL in an address ...) */
-    MAILPOOL_ERR_NOMEM = -2,       /* out of memory */
-    MAILPOOL_ERR_CONNECT = -3,     /* cannot reach the daemon (not running, no access) */
-    MAILPOOL_ERR_IO = -4,          /* the connection failed or was closed */
-    MAILPOOL_ERR_TIMEOUT = -5,     /* the timeout passed */
-    MAILPOOL_ERR_PROTOCOL = -6,    /* the daemon said something that is not LMTP */
-    MAILPOOL_ERR_TEMPORARY = -7,   /* the daemon or relay answered 4xx: try again later */
-    MAILPOOL_ERR_PERMANENT = -8,   /* answered 5xx: do not retry as is */
-    MAILPOOL_ERR_PARTIAL = -9,     /* some recipients accepted, some not: see the result */
-    MAILPOOL_ERR_THREAD = -10,     /* handle used from a thread that does not own it */
-    MAILPOOL_ERR_CANCELLED = -11,  /* mailpool_cancel() was called */
-    MAILPOOL_ERR_STATE = -12,      /* call out of order (e.g. on a broken handle) */
+    MAILPOOL_ERR_ARGS = -1,       /* a bad argument (NULL, CR/LF/NUL in an address ...) */
+    MAILPOOL_ERR_NOMEM = -2,      /* out of memory */
+    MAILPOOL_ERR_CONNECT = -3,    /* cannot reach the daemon (not running, no access) */
+    MAILPOOL_ERR_IO = -4,         /* the connection failed or was closed */
+    MAILPOOL_ERR_TIMEOUT = -5,    /* the timeout passed */
+    MAILPOOL_ERR_PROTOCOL = -6,   /* the daemon said something that is not LMTP */
+    MAILPOOL_ERR_TEMPORARY = -7,  /* the daemon or relay answered 4xx: try again later */
+    MAILPOOL_ERR_PERMANENT = -8,  /* answered 5xx: do not retry as is */
+    MAILPOOL_ERR_PARTIAL = -9,    /* some recipients accepted, some not: see the result */
+    MAILPOOL_ERR_THREAD = -10,    /* handle used from a thread that does not own it */
+    MAILPOOL_ERR_CANCELLED = -11, /* mailpool_cancel() was called */
+    MAILPOOL_ERR_STATE = -12,     /* call out of order (e.g. on a broken handle) */
 } mailpool_status;
 
 /* Options for mailpool_open(), or'ed together. */
@@ -42,9 +42,9 @@ typedef struct mailpool mailpool;
 
 /* One SMTP/LMTP reply as the daemon gave it. */
 typedef struct mailpool_reply {
-    int code;         /* e.g. 250, 451, 550; 0 if none was received */
-    char ecode[16];   /* enhanced status code ("5.1.1"), or "" */
-    char text[512];   /* reply text without code and enhanced code (truncated to fit) */
+    int code;       /* e.g. 250, 451, 550; 0 if none was received */
+    char ecode[16]; /* enhanced status code ("5.1.1"), or "" */
+    char text[512]; /* reply text without code and enhanced code (truncated to fit) */
 } mailpool_reply;
 
 /* What to send.  Strings are UTF-8 addresses without angle brackets. */
@@ -52,13 +52,13 @@ typedef struct mailpool_envelope {
     const char *sender;            /* "" for the null sender <> */
     const char *const *recipients; /* nrecipients addresses */
     size_t nrecipients;
-    const char *relay;             /* relay profile name (XRELAY=), or NULL: routing decides */
-    const char *mode;              /* "relay", "queue", or NULL: the relay's default */
+    const char *relay; /* relay profile name (XRELAY=), or NULL: routing decides */
+    const char *mode;  /* "relay", "queue", or NULL: the relay's default */
 } mailpool_envelope;
 
 /* The outcome: overall status plus one reply per recipient, in order. */
 typedef struct mailpool_result {
-    mailpool_status status;   /* OK, PARTIAL, TEMPORARY, PERMANENT, or a transport error */
+    mailpool_status status; /* OK, PARTIAL, TEMPORARY, PERMANENT, or a transport error */
     size_t nrecipients;
     mailpool_reply *recipients; /* per recipient (RCPT refusal or final LMTP reply) */
 } mailpool_result;
@@ -69,11 +69,17 @@ typedef struct mailpool_result {
  * blocking call on the handle (0: 60000).  On success *out is the handle and
  * MAILPOOL_OK is returned; otherwise CONNECT, TIMEOUT, PROTOCOL (bad
  * greeting), TEMPORARY (421 greeting), NOMEM or ARGS, and *out is NULL.
+ * PERMANENT for a 5xx greeting (the daemon refuses this client).  After
+ * CONNECT, errno says why (ENOENT, ECONNREFUSED, EACCES ...).  The handle
+ * belongs to the calling thread unless options has MAILPOOL_OPT_FREETHREAD.
  */
 mailpool_status mailpool_open(const char *socket_path, unsigned timeout_ms, unsigned options,
                               mailpool **out);
 
-/* Send QUIT (bounded by the timeout) and free the handle.  NULL is a no-op. */
+/*
+ * Send QUIT (bounded by the timeout) and free the handle.  NULL is a no-op.
+ * Unlike the other calls it works from any thread: freeing is always allowed.
+ */
 void mailpool_close(mailpool *mp);
 
 /*
@@ -82,9 +88,13 @@ void mailpool_close(mailpool *mp);
  * (free it with mailpool_result_free()) and returns result->status:
  * OK (all recipients accepted), PARTIAL, TEMPORARY (all refused, at least one
  * with 4xx), PERMANENT (all refused with 5xx), or a transport error
- * (CONNECT/IO/TIMEOUT/PROTOCOL; result recipients then carry code 0).
- * ARGS for an empty recipient list or an address with CR, LF, NUL or other
- * control bytes (nothing is sent then).
+ * (CONNECT/IO/TIMEOUT/PROTOCOL; recipients whose outcome is unknown then
+ * carry code 0, those already refused or delivered keep their reply; the
+ * handle is broken and later calls return STATE).  ARGS for an empty
+ * recipient list or an address with CR, LF, NUL or other control bytes,
+ * spaces outside quotes, or over the length limits (nothing is sent then).
+ * THREAD from a thread that does not own the handle.  After a refusal the
+ * library sends RSET, so the handle stays usable for the next message.
  */
 mailpool_status mailpool_send(mailpool *mp, const mailpool_envelope *env, const void *message,
                               size_t len, mailpool_result *result);
