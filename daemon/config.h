@@ -107,9 +107,13 @@ struct config {
 /*
  * Read and validate `path`.  On success returns a new config.  On failure
  * returns NULL and writes "FILE:LINE: message" (or "FILE: message" when no
- * line applies) into err.
+ * line applies) into err.  Only the first error is reported; control bytes
+ * in it are escaped as \xNN, and a message longer than errlen ends in "...".
+ * Messages never contain a password.
  */
 struct config *config_load(const char *path, char *err, size_t errlen);
+
+/* Free cfg and everything it owns, wiping the passwords first.  NULL is fine. */
 void config_free(struct config *cfg);
 
 /* The relay profile called `name`, or NULL. */
