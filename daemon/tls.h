@@ -18,8 +18,8 @@ struct tls_ctx;
 struct tls_conn;
 
 struct tls_ctx_opts {
-    const char *ca_file;     /* NULL: system bundle */
-    const char *ca_path;     /* NULL: none besides the bundle */
+    const char *ca_file;     /* NULL: the system bundle, unless ca_path is set */
+    const char *ca_path;     /* hashed CA directory; set alone, it replaces the bundle */
     int verify;              /* 0: "trusted_site", accept any certificate */
     int allow_legacy;        /* "secure_fallback": TLS 1.0/1.1 and weak suites */
     const char *min_version; /* "1.0".."1.3" or NULL (1.2; 1.0 with allow_legacy) */
@@ -32,6 +32,23 @@ void tls_shutdown(void);
 /* A client context for one relay profile.  NULL with a message on error. */
 struct tls_ctx *tls_ctx_new(const struct tls_ctx_opts *opts, char *err, size_t errlen);
 void tls_ctx_free(struct tls_ctx *ctx);
+
+/*
+ * Optional settings, applied after tls_ctx_new() and before the first
+ * tls_conn_new().  Each returns 0, or -1 with a message in err.
+ * tls_ctx_set_ciphers: an OpenSSL-style list ("ECDHE-RSA-AES128-GCM-SHA256:
+ *   TLS13-AES128-GCM-SHA256"); -1 when no suite in it is known.
+ * tls_ctx_set_client_cert: PEM certificate chain and private key files; -1
+ *   when unreadable or when the key does not belong to the certificate.
+ * tls_ctx_add_pin: a base64 SHA-256 of the server's SubjectPublicKeyInfo
+ *   (pin_sha256); call once per pin.  With pins, a new (not resumed) session
+ *   fails unless the server key matches one of them, whether or not the CA
+ *   chain is verified.  -1 when the text is not a base64 SHA-256 digest.
+ */
+int tls_ctx_set_ciphers(struct tls_ctx *ctx, const char *list, char *err, size_t errlen);
+int tls_ctx_set_client_cert(struct tls_ctx *ctx, const char *cert_file, const char *key_file,
+                            char *err, size_t errlen);
+int tls_ctx_add_pin(struct tls_ctx *ctx, const char *pin_b64, char *err, size_t errlen);
 
 enum tls_result {
     TLS_OK = 0,     /* done / some bytes moved */
