@@ -13,6 +13,14 @@
 #define MAILPOOL_DEFAULT_CONTROL_SOCKET "/run/mailpool/control.sock"
 #define MAILPOOL_DEFAULT_SPOOL_DIR "/var/spool/mailpool"
 #define MAILPOOL_SOCKET_ENV "MAILPOOL_SOCKET"
+#define MAILPOOL_CONTROL_SOCKET_ENV "MAILPOOL_CONTROL_SOCKET"
+
+/*
+ * The control socket: one request line (words separated by spaces, CRLF or
+ * LF) of at most this many bytes without the line end; one line of JSON
+ * back per request.  Longer lines get an error and the connection closes.
+ */
+#define MAILPOOL_MAX_CONTROL_LINE 1024
 
 /* MAIL FROM parameters of our own, advertised in the LHLO reply. */
 #define MAILPOOL_PARAM_RELAY "XRELAY"

@@ -40,7 +40,8 @@ enum log_level log_get_level(void)
     return current_level;
 }
 
-static void log_vmsg(enum log_level level, const char *fmt, va_list ap)
+__attribute__((format(printf, 2, 0))) static void log_vmsg(enum log_level level, const char *fmt,
+                                                           va_list ap)
 {
     /* One fprintf of a fully formatted line, so lines never interleave. */
     char line[4096];

@@ -25,8 +25,11 @@ struct session {
     struct upstream *u;
     struct relay_pool *rp;
     struct pool_job *job; /* the message on this session, if any */
-    struct event *idle_timer;
-    int ready; /* reached READY at least once */
+    struct event *idle_timer;      /* idle_timeout / max_age while idle */
+    struct event *keepalive_timer; /* NOOP while idle */
+    int ready;                     /* reached READY at least once */
+    int in_noop;                   /* a keepalive NOOP is in flight */
+    time_t idle_since;
     TAILQ_ENTRY(session) entry;     /* in rp->sessions */
     TAILQ_ENTRY(session) idle_entry; /* in rp->idle while idle */
     int idle;
@@ -55,11 +58,16 @@ struct relay_pool {
     struct session_list sessions;
     struct session_list idle;
     struct job_list waiting;
-    size_t nsessions, nopening, nwaiting;
+    size_t nsessions, nopening, nwaiting, nidle;
     size_t next_host; /* the host that worked last */
+    time_t *host_down_until;
+    struct event *refill_timer; /* reopens sessions up to min_idle */
+    unsigned refill_delay;      /* seconds; grows while the relay keeps failing */
+    unsigned long opened, reused, failed, messages, retried;
 };
 
 struct pool {
+    int stopping;
     struct event_base *base;
     struct evdns_base *dns;
     const struct config *cfg;
@@ -163,23 +171,53 @@ static void job_enqueue(struct relay_pool *rp, struct pool_job *job, int front)
 
 /* ---- sessions ------------------------------------------------------------ */
 
-static void session_set_idle(struct session *s, int idle)
+static void timer_add_seconds(struct event *ev, long seconds)
+{
+    struct timeval tv = {(time_t)(seconds > 0 ? seconds : 0), 0};
+    evtimer_add(ev, &tv);
+}
+
+/*
+ * Put the session on (or take it off) the idle list.  A new idle period
+ * starts the idle_timeout clock; coming back from a keepalive NOOP
+ * (fresh_period = 0) keeps the clock running.
+ */
+static void session_set_idle_ex(struct session *s, int idle, int fresh_period)
 {
     struct relay_pool *rp = s->rp;
+    const struct pool_config *pc = &rp->rc->pool;
     if (idle == s->idle)
         return;
     s->idle = idle;
     if (idle) {
         TAILQ_INSERT_HEAD(&rp->idle, s, idle_entry); /* most recently used first */
-        unsigned it = rp->rc->pool.idle_timeout;
-        if (it > 0) {
-            struct timeval tv = {(time_t)it, 0};
-            evtimer_add(s->idle_timer, &tv);
+        rp->nidle++;
+        if (fresh_period) {
+            time_t now = time(NULL);
+            s->idle_since = now;
+            long limit = pc->idle_timeout > 0 ? (long)pc->idle_timeout : -1;
+            if (pc->max_age > 0) {
+                long left = (long)pc->max_age - (long)(now - upstream_created(s->u));
+                if (limit < 0 || left < limit)
+                    limit = left;
+            }
+            if (limit >= 0)
+                timer_add_seconds(s->idle_timer, limit);
         }
+        if (pc->keepalive > 0)
+            timer_add_seconds(s->keepalive_timer, (long)pc->keepalive);
     } else {
         TAILQ_REMOVE(&rp->idle, s, idle_entry);
-        evtimer_del(s->idle_timer);
+        rp->nidle--;
+        evtimer_del(s->keepalive_timer);
+        if (fresh_period)
+            evtimer_del(s->idle_timer);
     }
+}
+
+static void session_set_idle(struct session *s, int idle)
+{
+    session_set_idle_ex(s, idle, 1);
 }
 
 static void session_remove(struct session *s)
@@ -191,16 +229,44 @@ static void session_remove(struct session *s)
     TAILQ_REMOVE(&rp->sessions, s, entry);
     rp->nsessions--;
     event_free(s->idle_timer);
+    event_free(s->keepalive_timer);
     free(s);
 }
 
 static void session_idle_expired(evutil_socket_t fd, short what, void *arg)
 {
     struct session *s = arg;
-    log_debug("pool relay=%s host=%s idle timeout", s->rp->rc->name, upstream_host(s->u));
+    struct relay_pool *rp = s->rp;
+    const struct pool_config *pc = &rp->rc->pool;
+    long age = (long)(time(NULL) - upstream_created(s->u));
+    int aged = pc->max_age > 0 && age >= (long)pc->max_age;
+    if (!aged && rp->nsessions <= pc->min_idle) {
+        /* One of the min_idle sessions: kept warm, idle_timeout does not apply. */
+        long limit = pc->idle_timeout;
+        if (pc->max_age > 0 && (long)pc->max_age - age < limit)
+            limit = (long)pc->max_age - age;
+        timer_add_seconds(s->idle_timer, limit);
+        return;
+    }
+    log_debug("pool relay=%s host=%s %s", rp->rc->name, upstream_host(s->u),
+              aged ? "max_age reached" : "idle timeout");
     struct upstream *u = s->u;
     session_remove(s);
     upstream_quit(u);
+    relay_pool_dispatch(rp); /* min_idle may want a replacement */
+}
+
+static void session_keepalive(evutil_socket_t fd, short what, void *arg)
+{
+    struct session *s = arg;
+    if (!s->idle)
+        return;
+    session_set_idle_ex(s, 0, 0); /* off the idle list, idle clock still running */
+    s->in_noop = 1;
+    if (upstream_noop(s->u) != 0) {
+        s->in_noop = 0;
+        session_set_idle_ex(s, 1, 0);
+    }
 }
 
 static int session_open(struct relay_pool *rp)
@@ -210,6 +276,7 @@ static int session_open(struct relay_pool *rp)
         return -1;
     s->rp = rp;
     s->idle_timer = evtimer_new(rp->pool->base, session_idle_expired, s);
+    s->keepalive_timer = evtimer_new(rp->pool->base, session_keepalive, s);
     struct upstream_params params = {
         .base = rp->pool->base,
         .dns = rp->pool->dns,
@@ -217,18 +284,22 @@ static int session_open(struct relay_pool *rp)
         .tls = rp->tls,
         .helo_name = rp->rc->helo_name ? rp->rc->helo_name : rp->pool->cfg->hostname,
         .first_host = rp->next_host,
+        .host_down_until = rp->host_down_until,
     };
-    if (s->idle_timer)
+    if (s->idle_timer && s->keepalive_timer)
         s->u = upstream_new(&params, session_cb, s);
     if (s->u == NULL) {
         if (s->idle_timer)
             event_free(s->idle_timer);
+        if (s->keepalive_timer)
+            event_free(s->keepalive_timer);
         free(s);
         return -1;
     }
     TAILQ_INSERT_TAIL(&rp->sessions, s, entry);
     rp->nsessions++;
     rp->nopening++;
+    rp->opened++;
     return 0;
 }
 
@@ -242,7 +313,10 @@ static void session_take(struct session *s, struct pool_job *job)
     }
     evtimer_del(job->wait_timer);
     session_set_idle(s, 0);
+    evtimer_del(s->idle_timer); /* also when leaving a keepalive NOOP */
     s->job = job;
+    if (upstream_messages(s->u) > 0)
+        rp->reused++;
     if (upstream_send(s->u, job->m) != 0) {
         /* Cannot happen for an idle session; keep the message safe anyway. */
         s->job = NULL;
@@ -254,11 +328,22 @@ static void session_take(struct session *s, struct pool_job *job)
 static void session_available(struct session *s)
 {
     struct relay_pool *rp = s->rp;
+    unsigned max_age = rp->rc->pool.max_age;
+    int from_noop = s->in_noop;
+    s->in_noop = 0;
+    if (max_age > 0 && time(NULL) - upstream_created(s->u) >= (time_t)max_age) {
+        log_debug("pool relay=%s host=%s max_age reached", rp->rc->name, upstream_host(s->u));
+        struct upstream *u = s->u;
+        session_remove(s);
+        upstream_quit(u);
+        relay_pool_dispatch(rp);
+        return;
+    }
     struct pool_job *job = TAILQ_FIRST(&rp->waiting);
     if (job)
         session_take(s, job);
     else
-        session_set_idle(s, 1);
+        session_set_idle_ex(s, 1, !from_noop);
 }
 
 /*
@@ -274,6 +359,10 @@ static void session_failed(struct session *s)
     snprintf(ecode, sizeof(ecode), "%s", upstream_error_ecode(u));
     snprintf(text, sizeof(text), "%s", upstream_error(u));
     int was_ready = s->ready;
+    rp->failed++;
+    if (!was_ready)
+        rp->refill_delay = rp->refill_delay ? (rp->refill_delay * 2 > 60 ? 60 : rp->refill_delay * 2)
+                                            : 1;
     session_remove(s);
     upstream_free(u);
     if (!was_ready && rp->nopening == 0) {
@@ -289,6 +378,7 @@ static void session_txn_done(struct session *s)
     struct relay_pool *rp = s->rp;
     struct pool_job *job = s->job;
     s->job = NULL;
+    rp->messages++;
     switch (upstream_txn_outcome(s->u)) {
     case TXN_COMPLETE:
         job_finish(job);
@@ -296,6 +386,7 @@ static void session_txn_done(struct session *s)
     case TXN_RETRY:
         if (!job->retried) {
             job->retried = 1;
+            rp->retried++;
             log_info("msg id=%s relay=%s retrying on a new session: %s", job->m->id,
                      rp->rc->name, upstream_error(s->u));
             message_clear_results(job->m);
@@ -320,6 +411,7 @@ static void session_txn_done(struct session *s)
         }
     } else {
         struct upstream *u = s->u;
+        rp->failed++;
         session_remove(s);
         upstream_free(u);
     }
@@ -335,6 +427,7 @@ static void session_cb(struct upstream *u, enum upstream_event ev, void *arg)
             s->ready = 1;
             s->rp->nopening--;
             s->rp->next_host = upstream_host_index(u);
+            s->rp->refill_delay = 0;
         }
         session_available(s);
         break;
@@ -347,7 +440,24 @@ static void session_cb(struct upstream *u, enum upstream_event ev, void *arg)
     }
 }
 
-/* Open sessions for waiting messages, within max_connections. */
+static void relay_pool_refill(evutil_socket_t fd, short what, void *arg)
+{
+    struct relay_pool *rp = arg;
+    unsigned max = rp->rc->pool.max_connections ? rp->rc->pool.max_connections : 1;
+    unsigned want = rp->rc->pool.min_idle < max ? rp->rc->pool.min_idle : max;
+    while (rp->nsessions < want) {
+        if (session_open(rp) != 0) {
+            log_error("pool relay=%s cannot open a session: out of memory", rp->rc->name);
+            break;
+        }
+    }
+}
+
+/*
+ * Give idle sessions to waiting messages, open sessions for the rest within
+ * max_connections, and keep min_idle sessions open (after a back-off delay
+ * while the relay keeps failing, so a dead relay is not hammered).
+ */
 static void relay_pool_dispatch(struct relay_pool *rp)
 {
     struct session *s;
@@ -359,6 +469,12 @@ static void relay_pool_dispatch(struct relay_pool *rp)
             log_error("pool relay=%s cannot open a session: out of memory", rp->rc->name);
             break;
         }
+    }
+    if (rp->nsessions < rp->rc->pool.min_idle && rp->refill_timer &&
+        !evtimer_pending(rp->refill_timer, NULL)) {
+        if (rp->pool->stopping)
+            return;
+        timer_add_seconds(rp->refill_timer, (long)rp->refill_delay);
     }
 }
 
@@ -390,6 +506,13 @@ struct pool *pool_new(struct event_base *base, struct evdns_base *dns, const str
         TAILQ_INIT(&rp->sessions);
         TAILQ_INIT(&rp->idle);
         TAILQ_INIT(&rp->waiting);
+        rp->host_down_until = calloc(rc->nhosts ? rc->nhosts : 1, sizeof(time_t));
+        rp->refill_timer = evtimer_new(base, relay_pool_refill, rp);
+        if (rp->host_down_until == NULL || rp->refill_timer == NULL) {
+            snprintf(err, errlen, "out of memory");
+            pool_free(p);
+            return NULL;
+        }
         if (rc->options & (RELAY_OPT_SECURE | RELAY_OPT_SECURE_IMPLICIT)) {
             struct tls_ctx_opts o = {
                 .ca_file = rc->tls_ca_file,
@@ -414,6 +537,9 @@ struct pool *pool_new(struct event_base *base, struct evdns_base *dns, const str
                          rc->name);
         }
     }
+    /* Warm sessions up to min_idle as soon as the loop runs. */
+    for (size_t i = 0; i < p->nrelays; i++)
+        relay_pool_dispatch(&p->relays[i]);
     return p;
 }
 
@@ -421,6 +547,7 @@ void pool_free(struct pool *p)
 {
     if (p == NULL)
         return;
+    p->stopping = 1;
     for (size_t i = 0; i < p->nrelays; i++) {
         struct relay_pool *rp = &p->relays[i];
         struct pool_job *job;
@@ -456,6 +583,9 @@ void pool_free(struct pool *p)
         }
         if (rp->tls)
             tls_ctx_free(rp->tls);
+        if (rp->refill_timer)
+            event_free(rp->refill_timer);
+        free(rp->host_down_until);
     }
     free(p->relays);
     free(p);
@@ -525,4 +655,48 @@ size_t pool_waiting(const struct pool *p)
     for (size_t i = 0; i < p->nrelays; i++)
         n += p->relays[i].nwaiting;
     return n;
+}
+
+size_t pool_relay_count(const struct pool *p)
+{
+    return p->nrelays;
+}
+
+void pool_relay_info(const struct pool *p, size_t i, struct pool_relay_info *out)
+{
+    const struct relay_pool *rp = &p->relays[i];
+    memset(out, 0, sizeof(*out));
+    out->name = rp->rc->name;
+    out->sessions = rp->nsessions;
+    out->idle = rp->nidle;
+    out->opening = rp->nopening;
+    out->waiting = rp->nwaiting;
+    out->opened = rp->opened;
+    out->reused = rp->reused;
+    out->failed = rp->failed;
+    out->messages = rp->messages;
+    out->retried = rp->retried;
+}
+
+void pool_foreach_session(const struct pool *p, size_t i,
+                          void (*fn)(const struct pool_session_info *si, void *arg), void *arg)
+{
+    const struct relay_pool *rp = &p->relays[i];
+    time_t now = time(NULL);
+    const struct session *s;
+    TAILQ_FOREACH(s, &rp->sessions, entry)
+    {
+        struct pool_session_info si = {
+            .relay = rp->rc->name,
+            .host = upstream_host(s->u),
+            .state = upstream_state_name(s->u),
+            .tls_version = upstream_tls_version(s->u),
+            .tls_cipher = upstream_tls_cipher(s->u),
+            .tls_resumed = upstream_tls_resumed(s->u),
+            .messages = upstream_messages(s->u),
+            .age = (long)(now - upstream_created(s->u)),
+            .idle = s->idle ? (long)(now - s->idle_since) : -1,
+        };
+        fn(&si, arg);
+    }
 }

@@ -47,4 +47,36 @@ void pool_cancel(struct pool_job *job);
 size_t pool_sessions(const struct pool *p);
 size_t pool_waiting(const struct pool *p);
 
+/* Introspection for the control socket's "pool" and "status" commands. */
+struct pool_relay_info {
+    const char *name;
+    size_t sessions; /* open or opening */
+    size_t idle;
+    size_t opening;
+    size_t waiting;         /* messages waiting for a session */
+    unsigned long opened;   /* sessions opened since start */
+    unsigned long reused;   /* messages sent on a session that had sent one before */
+    unsigned long failed;   /* sessions that failed (setup or later) */
+    unsigned long messages; /* transactions finished */
+    unsigned long retried;  /* transactions retried on a fresh session */
+};
+
+struct pool_session_info {
+    const char *relay;
+    const char *host;        /* "host:port" */
+    const char *state;       /* upstream state name */
+    const char *tls_version; /* NULL when plaintext */
+    const char *tls_cipher;
+    int tls_resumed;
+    unsigned messages; /* transactions on this session */
+    long age;          /* seconds since the session was created */
+    long idle;         /* seconds idle, or -1 when not idle */
+};
+
+size_t pool_relay_count(const struct pool *p);
+void pool_relay_info(const struct pool *p, size_t i, struct pool_relay_info *out);
+/* Call fn for every session of relay i (no session may be freed meanwhile). */
+void pool_foreach_session(const struct pool *p, size_t i,
+                          void (*fn)(const struct pool_session_info *si, void *arg), void *arg);
+
 #endif

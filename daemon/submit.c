@@ -306,6 +306,11 @@ static void cmd_rcpt(struct client *c, const struct lmtp_cmd *cmd)
         client_bad(c, "503 5.5.1 Need MAIL before RCPT");
         return;
     }
+    if (!c->msg->smtputf8 && addr_check(cmd->path, strlen(cmd->path), 0) != NULL) {
+        /* RFC 6531 3.4: non-ASCII addresses only in an SMTPUTF8 transaction. */
+        client_reply(c, "553 5.6.7 Non-ASCII recipient needs SMTPUTF8 on MAIL FROM");
+        return;
+    }
     if (c->msg->nrcpts >= MAILPOOL_MAX_RECIPIENTS) {
         client_reply(c, "452 4.5.3 Too many recipients");
         return;
@@ -533,41 +538,6 @@ static void submit_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struc
 }
 
 /* ---- setup --------------------------------------------------------------- */
-
-int submit_listen(const char *path, unsigned mode, char *err, size_t errlen)
-{
-    struct sockaddr_un sun;
-    memset(&sun, 0, sizeof(sun));
-    sun.sun_family = AF_UNIX;
-    if (strlen(path) >= sizeof(sun.sun_path)) {
-        snprintf(err, errlen, "%s: socket path too long", path);
-        return -1;
-    }
-    memcpy(sun.sun_path, path, strlen(path) + 1);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        snprintf(err, errlen, "socket: %s", strerror(errno));
-        return -1;
-    }
-    struct stat st;
-    if (lstat(path, &st) == 0) {
-        if (!S_ISSOCK(st.st_mode)) {
-            snprintf(err, errlen, "%s exists and is not a socket", path);
-            close(fd);
-            return -1;
-        }
-        unlink(path); /* stale socket from an earlier run */
-    }
-    mode_t old = umask((mode_t)(~mode & 0777));
-    int rc = bind(fd, (struct sockaddr *)&sun, sizeof(sun));
-    umask(old);
-    if (rc != 0 || listen(fd, 512) != 0) {
-        snprintf(err, errlen, "%s: %s", path, strerror(errno));
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
 
 struct submit_server *submit_new(struct event_base *base, const struct config *cfg,
                                  struct pool *pool, int fd, char *err, size_t errlen)

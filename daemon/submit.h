@@ -14,13 +14,6 @@ struct config;
 struct pool;
 struct submit_server;
 
-/*
- * Create, bind and listen on a Unix socket at path (a stale socket file is
- * replaced; the socket is created with mode `mode` through the umask, never
- * chmod after bind).  Returns the fd, or -1 with a message in err.
- */
-int submit_listen(const char *path, unsigned mode, char *err, size_t errlen);
-
 /* Serve LMTP on the listening socket fd (not owned).  NULL on error. */
 struct submit_server *submit_new(struct event_base *base, const struct config *cfg,
                                  struct pool *pool, int fd, char *err, size_t errlen);

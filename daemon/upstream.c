@@ -43,6 +43,7 @@ enum upstream_state {
     US_AUTH_LOGIN_USER, /* sent the user name, expecting 334 for the password */
     US_AUTH_LOGIN_PASS, /* sent the password, expecting 235 */
     US_IDLE,
+    US_NOOP, /* keepalive while idle */
     US_RSET,
     US_TXN,  /* MAIL, RCPTs and DATA sent (pipelined or one by one) */
     US_BODY, /* body and final dot being sent / awaiting the reply to the dot */
@@ -65,6 +66,7 @@ static const char *const state_names[US_LAST] = {
     [US_AUTH_LOGIN_USER] = "auth-login-user",
     [US_AUTH_LOGIN_PASS] = "auth-login-pass",
     [US_IDLE] = "idle",
+    [US_NOOP] = "noop",
     [US_RSET] = "rset",
     [US_TXN] = "transaction",
     [US_BODY] = "data",
@@ -88,6 +90,7 @@ struct upstream {
     const struct relay_config *relay;
     struct tls_ctx *tls;
     char *helo_name;
+    time_t *host_down_until; /* per host, shared with the pool; may be NULL */
     upstream_cb cb;
     void *cb_arg;
 
@@ -245,6 +248,8 @@ static void upstream_setup_failed(struct upstream *u)
         upstream_next_address(u);
         return;
     }
+    if (u->host_down_until)
+        u->host_down_until[u->host_idx] = time(NULL) + UPSTREAM_HOST_BACKOFF;
     if (u->hosts_tried + 1 < u->relay->nhosts) {
         log_info("upstream relay=%s host=%s error=\"%s\" trying next host", u->relay->name,
                  u->hostport, esc);
@@ -745,9 +750,7 @@ static void upstream_reply(struct upstream *u, const struct smtp_reply *r)
     if (r->code == 421 && u->state != US_QUIT) {
         /* RFC 5321 3.8: the server is closing; unconfirmed recipients temp-fail. */
         upstream_reply_error(u, "server closed the session", r);
-        if (u->msg)
-            upstream_fail(u);
-        else if (u->state == US_IDLE)
+        if (u->msg || u->state >= US_IDLE)
             upstream_fail(u);
         else
             upstream_setup_failed(u);
@@ -858,6 +861,17 @@ static void upstream_reply(struct upstream *u, const struct smtp_reply *r)
         upstream_reply_error(u, "authentication failed", r);
         /* Credentials are the same for every host: do not try the next one. */
         upstream_fail(u);
+        return;
+
+    case US_NOOP:
+        if (r->code / 100 != 2) {
+            upstream_reply_error(u, "NOOP", r);
+            upstream_fail(u);
+            return;
+        }
+        upstream_set_state(u, US_IDLE);
+        ioev_set_timeout(u->io, 0);
+        upstream_notify(u, UPSTREAM_READY);
         return;
 
     case US_RSET:
@@ -1018,7 +1032,19 @@ struct upstream *upstream_new(const struct upstream_params *p, upstream_cb cb, v
     u->helo_name = strdup(p->helo_name);
     u->cb = cb;
     u->cb_arg = arg;
+    u->host_down_until = p->host_down_until;
     u->host_idx = p->first_host < p->relay->nhosts ? p->first_host : 0;
+    if (u->host_down_until) {
+        /* Start at the first host not in back-off; if all are, at the first choice. */
+        time_t now = time(NULL);
+        for (size_t k = 0; k < p->relay->nhosts; k++) {
+            size_t i = (u->host_idx + k) % p->relay->nhosts;
+            if (u->host_down_until[i] <= now) {
+                u->host_idx = i;
+                break;
+            }
+        }
+    }
     u->created = time(NULL);
     reply_parser_init(&u->parser);
     u->kick = event_new(p->base, -1, 0, upstream_kick_cb, u);
@@ -1040,6 +1066,17 @@ void upstream_free(struct upstream *u)
     u->freed = 1;
     if (u->in_cb == 0)
         upstream_really_free(u);
+}
+
+int upstream_noop(struct upstream *u)
+{
+    if (u->state != US_IDLE || u->freed)
+        return -1;
+    upstream_set_state(u, US_NOOP);
+    upstream_send_line(u, "NOOP");
+    ioev_flush(u->io);
+    upstream_timeout(u, u->relay->timeouts.command);
+    return 0;
 }
 
 void upstream_quit(struct upstream *u)

@@ -43,7 +43,14 @@ struct upstream_params {
     struct tls_ctx *tls; /* NULL when the relay uses no TLS */
     const char *helo_name;
     size_t first_host; /* index into relay->hosts to try first */
+    /*
+     * Per-host back-off, relay->nhosts entries, owned by the caller: a host
+     * that failed is skipped for UPSTREAM_HOST_BACKOFF seconds.  May be NULL.
+     */
+    time_t *host_down_until;
 };
+
+#define UPSTREAM_HOST_BACKOFF 60
 
 /* Start a session (resolving and connecting asynchronously).  NULL on ENOMEM. */
 struct upstream *upstream_new(const struct upstream_params *p, upstream_cb cb, void *arg);
@@ -53,6 +60,12 @@ struct upstream *upstream_new(const struct upstream_params *p, upstream_cb cb, v
  * session's own callback (the memory goes when the callback returns).
  */
 void upstream_free(struct upstream *u);
+
+/*
+ * Keepalive: send NOOP on an idle session.  UPSTREAM_READY follows the 250;
+ * a failure gives UPSTREAM_FAILED.  Returns -1 if the session is not idle.
+ */
+int upstream_noop(struct upstream *u);
 
 /* Send QUIT and free the session once the server answered or after a short wait. */
 void upstream_quit(struct upstream *u);
