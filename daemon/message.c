@@ -91,8 +91,7 @@ const char *message_default_ecode(int code)
     }
 }
 
-void message_set_result(struct message *m, size_t i, int code, const char *ecode,
-                        const char *text)
+void message_set_result(struct message *m, size_t i, int code, const char *ecode, const char *text)
 {
     struct rcpt_result *r = &m->results[i];
     r->code = code;
@@ -109,8 +108,7 @@ void message_set_result(struct message *m, size_t i, int code, const char *ecode
     }
 }
 
-void message_set_pending_results(struct message *m, int code, const char *ecode,
-                                 const char *text)
+void message_set_pending_results(struct message *m, int code, const char *ecode, const char *text)
 {
     for (size_t i = 0; i < m->nrcpts; i++)
         if (m->results[i].code == 0)

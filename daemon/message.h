@@ -44,11 +44,9 @@ void message_free(struct message *m);
 int message_add_rcpt(struct message *m, const char *addr);
 
 /* Set recipient i's result (text is copied and made printable). */
-void message_set_result(struct message *m, size_t i, int code, const char *ecode,
-                        const char *text);
+void message_set_result(struct message *m, size_t i, int code, const char *ecode, const char *text);
 /* Set the result of every recipient that has none yet. */
-void message_set_pending_results(struct message *m, int code, const char *ecode,
-                                 const char *text);
+void message_set_pending_results(struct message *m, int code, const char *ecode, const char *text);
 /* Forget all results (before a retry on another session). */
 void message_clear_results(struct message *m);
 

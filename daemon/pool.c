@@ -24,13 +24,13 @@ struct relay_pool;
 struct session {
     struct upstream *u;
     struct relay_pool *rp;
-    struct pool_job *job; /* the message on this session, if any */
+    struct pool_job *job;          /* the message on this session, if any */
     struct event *idle_timer;      /* idle_timeout / max_age while idle */
     struct event *keepalive_timer; /* NOOP while idle */
     int ready;                     /* reached READY at least once */
     int in_noop;                   /* a keepalive NOOP is in flight */
     time_t idle_since;
-    TAILQ_ENTRY(session) entry;     /* in rp->sessions */
+    TAILQ_ENTRY(session) entry;      /* in rp->sessions */
     TAILQ_ENTRY(session) idle_entry; /* in rp->idle while idle */
     int idle;
 };
@@ -361,8 +361,8 @@ static void session_failed(struct session *s)
     int was_ready = s->ready;
     rp->failed++;
     if (!was_ready)
-        rp->refill_delay = rp->refill_delay ? (rp->refill_delay * 2 > 60 ? 60 : rp->refill_delay * 2)
-                                            : 1;
+        rp->refill_delay =
+            rp->refill_delay ? (rp->refill_delay * 2 > 60 ? 60 : rp->refill_delay * 2) : 1;
     session_remove(s);
     upstream_free(u);
     if (!was_ready && rp->nopening == 0) {
@@ -387,8 +387,8 @@ static void session_txn_done(struct session *s)
         if (!job->retried) {
             job->retried = 1;
             rp->retried++;
-            log_info("msg id=%s relay=%s retrying on a new session: %s", job->m->id,
-                     rp->rc->name, upstream_error(s->u));
+            log_info("msg id=%s relay=%s retrying on a new session: %s", job->m->id, rp->rc->name,
+                     upstream_error(s->u));
             message_clear_results(job->m);
             job_enqueue(rp, job, 1);
         } else {
@@ -572,8 +572,7 @@ void pool_free(struct pool *p)
             else
                 upstream_free(u);
             if (busy) {
-                message_set_pending_results(busy->m, 421, "4.3.2",
-                                            "mailpoold is shutting down");
+                message_set_pending_results(busy->m, 421, "4.3.2", "mailpoold is shutting down");
                 if (busy->cb)
                     busy->cb(busy->m, busy->arg);
                 else

@@ -186,8 +186,8 @@ static void client_data_done(struct client *c)
     m->size = evbuffer_get_length(m->body);
     if (body_decoder_8bit(&c->dec))
         m->eightbit = 1;
-    const struct relay_config *rc = m->relay ? config_relay(srv->cfg, m->relay)
-                                             : &srv->cfg->relays[srv->cfg->default_relay];
+    const struct relay_config *rc =
+        m->relay ? config_relay(srv->cfg, m->relay) : &srv->cfg->relays[srv->cfg->default_relay];
     char from[300];
     log_escape(m->sender, strlen(m->sender), from, sizeof(from));
     log_info("submit client=%lu msg id=%s uid=%u pid=%d from=<%s> nrcpt=%zu size=%zu relay=%s",
@@ -461,8 +461,7 @@ static void client_event_cb(struct bufferevent *bev, short what, void *arg)
     struct client *c = arg;
     if (what & BEV_EVENT_EOF) {
         if (c->state == CS_DATA)
-            log_info("submit client=%lu hung up in the middle of DATA: message discarded",
-                     c->id);
+            log_info("submit client=%lu hung up in the middle of DATA: message discarded", c->id);
         else if (c->state == CS_WAIT)
             log_info("submit client=%lu hung up while its message is being relayed", c->id);
     } else if (what & BEV_EVENT_ERROR) {

@@ -114,8 +114,9 @@ struct upstream {
     size_t reply_next; /* next reply expected, same numbering */
     size_t accepted;   /* recipients accepted so far */
     int mail_failed;
-    int dot_sent;
-    int dirty; /* the last transaction did not end cleanly: RSET first */
+    int dot_sent; /* the end of data ("." or the last BDAT byte) was queued */
+    int bdat;     /* this transaction uses BDAT ... LAST (RFC 3030) instead of DATA */
+    int dirty;    /* the last transaction did not end cleanly: RSET first */
     enum txn_outcome outcome;
     struct body_encoder enc;
     size_t body_off;
@@ -196,8 +197,7 @@ static void upstream_set_error(struct upstream *u, int code, const char *ecode, 
     va_end(ap);
     u->err_code = code;
     snprintf(u->err_ecode, sizeof(u->err_ecode), "%s", ecode);
-    snprintf(u->error, sizeof(u->error), "relay %s, host %s: %s", u->relay->name, u->hostport,
-             why);
+    snprintf(u->error, sizeof(u->error), "relay %s, host %s: %s", u->relay->name, u->hostport, why);
 }
 
 /*
@@ -279,8 +279,8 @@ static void upstream_connect(struct upstream *u)
     char err[256];
     struct addr *a = &u->addrs[u->addr_idx];
     upstream_set_state(u, US_CONNECTING);
-    u->io = ioev_connect(u->base, (struct sockaddr *)&a->ss, a->len, upstream_io, u, err,
-                         sizeof(err));
+    u->io =
+        ioev_connect(u->base, (struct sockaddr *)&a->ss, a->len, upstream_io, u, err, sizeof(err));
     if (u->io == NULL) {
         upstream_set_error(u, 451, "4.4.1", "cannot connect: %s", err);
         upstream_setup_failed(u);
@@ -392,8 +392,7 @@ static void upstream_start_tls(struct upstream *u, enum upstream_state s)
     const struct relay_host *h = &u->relay->hosts[u->host_idx];
     const char *name = u->relay->tls_server_name ? u->relay->tls_server_name : h->host;
     upstream_set_state(u, s);
-    if (u->tls == NULL ||
-        ioev_start_tls(u->io, u->tls, name, u->hostport, err, sizeof(err)) != 0) {
+    if (u->tls == NULL || ioev_start_tls(u->io, u->tls, name, u->hostport, err, sizeof(err)) != 0) {
         upstream_set_error(u, 451, "4.7.5", "cannot start TLS: %s",
                            u->tls ? err : "no TLS context");
         upstream_setup_failed(u);
@@ -418,6 +417,8 @@ static int needs_smtputf8(const struct message *m)
     return 0;
 }
 
+static void txn_send_body(struct upstream *u);
+
 static void txn_send_command(struct upstream *u, size_t k)
 {
     struct message *m = u->msg;
@@ -433,6 +434,11 @@ static void txn_send_command(struct upstream *u, size_t k)
         upstream_send_line(u, "MAIL FROM:<%s>%s", m->sender, params);
     } else if (k <= m->nrcpts) {
         upstream_send_line(u, "RCPT TO:<%s>", m->rcpts[k - 1]);
+    } else if (u->bdat) {
+        /* RFC 3030: one chunk with the whole (canonical, unstuffed) message. */
+        upstream_send_line(u, "BDAT %zu LAST", m->size);
+        u->body_off = 0;
+        txn_send_body(u);
     } else {
         upstream_send_line(u, "DATA");
     }
@@ -454,7 +460,11 @@ static void txn_send_more(struct upstream *u)
     upstream_timeout(u, u->relay->timeouts.command);
 }
 
-/* Encode the next part of the body, and the final dot after the last part. */
+/*
+ * Queue the next part of the body: dot-stuffed, and the final dot after the
+ * last part, for DATA; as it is for BDAT.  Called again on IOEV_FLUSHED, so a
+ * large message never sits in the output buffer whole.
+ */
 static void txn_send_body(struct upstream *u)
 {
     struct message *m = u->msg;
@@ -472,20 +482,26 @@ static void txn_send_body(struct upstream *u)
             size_t len = vec[i].iov_len;
             if (len > want - done)
                 len = want - done;
-            struct evbuffer_iovec w;
-            if (evbuffer_reserve_space(out, (ev_ssize_t)(2 * len + 2), &w, 1) < 1)
-                break;
-            size_t outlen = body_encode(&u->enc, vec[i].iov_base, len, w.iov_base);
-            w.iov_len = outlen;
-            evbuffer_commit_space(out, &w, 1);
+            if (u->bdat) {
+                if (evbuffer_add(out, vec[i].iov_base, len) != 0)
+                    break;
+            } else {
+                struct evbuffer_iovec w;
+                if (evbuffer_reserve_space(out, (ev_ssize_t)(2 * len + 2), &w, 1) < 1)
+                    break;
+                w.iov_len = body_encode(&u->enc, vec[i].iov_base, len, w.iov_base);
+                evbuffer_commit_space(out, &w, 1);
+            }
             done += len;
         }
         u->body_off += done;
     }
     if (u->body_off >= m->size) {
-        char end[8];
-        size_t n = body_encode_end(&u->enc, end);
-        evbuffer_add(out, end, n);
+        if (!u->bdat) {
+            char end[8];
+            size_t n = body_encode_end(&u->enc, end);
+            evbuffer_add(out, end, n);
+        }
         u->dot_sent = 1;
         ioev_flush(u->io);
         upstream_timeout(u, u->relay->timeouts.data_end);
@@ -517,6 +533,8 @@ static void reply_text(const struct smtp_reply *r, char *out, size_t outlen)
             *p = ' ';
 }
 
+static void upstream_reply_error(struct upstream *u, const char *what, const struct smtp_reply *r);
+
 static void txn_reply(struct upstream *u, const struct smtp_reply *r)
 {
     struct message *m = u->msg;
@@ -536,6 +554,16 @@ static void txn_reply(struct upstream *u, const struct smtp_reply *r)
             u->accepted++;
         else
             message_set_result(m, k - 1, r->code, r->ecode, text);
+    } else if (u->bdat) { /* BDAT ... LAST: the final reply for the message */
+        if (!u->dot_sent) {
+            upstream_reply_error(u, "reply to BDAT before all of its data was sent", r);
+            upstream_fail(u);
+            return;
+        }
+        if (u->accepted > 0 && !u->mail_failed)
+            message_set_pending_results(m, r->code, r->ecode, text);
+        txn_finish(u, u->accepted > 0 && !u->mail_failed && r->code / 100 == 2);
+        return;
     } else { /* DATA */
         if (r->code == 354 && u->accepted > 0 && !u->mail_failed) {
             upstream_set_state(u, US_BODY);
@@ -593,6 +621,9 @@ int upstream_send(struct upstream *u, struct message *m)
     u->accepted = 0;
     u->mail_failed = 0;
     u->dot_sent = 0;
+    /* BDAT only where the whole envelope and chunk can go out in one burst. */
+    u->bdat = (u->caps.flags & CAP_CHUNKING) && (u->caps.flags & CAP_PIPELINING);
+    body_encoder_init(&u->enc);
     message_clear_results(m);
 
     if ((u->caps.flags & CAP_SIZE) && u->caps.size > 0 && m->size > u->caps.size) {
@@ -691,8 +722,7 @@ static void upstream_now_idle(struct upstream *u)
     upstream_set_state(u, US_IDLE);
     ioev_set_timeout(u->io, 0);
     log_info("upstream relay=%s host=%s ready tls=%s resumed=%d", u->relay->name, u->hostport,
-             ioev_tls_version(u->io) ? ioev_tls_version(u->io) : "none",
-             ioev_tls_resumed(u->io));
+             ioev_tls_version(u->io) ? ioev_tls_version(u->io) : "none", ioev_tls_resumed(u->io));
     upstream_notify(u, UPSTREAM_READY);
 }
 
@@ -733,8 +763,7 @@ static void upstream_after_hello(struct upstream *u)
     upstream_now_idle(u);
 }
 
-static void upstream_reply_error(struct upstream *u, const char *what,
-                                 const struct smtp_reply *r)
+static void upstream_reply_error(struct upstream *u, const char *what, const struct smtp_reply *r)
 {
     char text[600];
     reply_text(r, text, sizeof(text));
@@ -770,8 +799,8 @@ static void upstream_reply(struct upstream *u, const struct smtp_reply *r)
     case US_EHLO:
         if (r->code / 100 != 2) {
             /* RFC 5321 3.2: fall back to HELO, unless something needs ESMTP. */
-            int needs_esmtp = rc->has_auth || ((rc->options & RELAY_OPT_SECURE) &&
-                                               !ioev_is_tls(u->io));
+            int needs_esmtp =
+                rc->has_auth || ((rc->options & RELAY_OPT_SECURE) && !ioev_is_tls(u->io));
             if (r->code / 100 == 5 && !needs_esmtp) {
                 upstream_goto(u, US_HELO);
                 return;
@@ -833,16 +862,15 @@ static void upstream_reply(struct upstream *u, const struct smtp_reply *r)
         if (r->code != 334)
             goto auth_result;
         {
-            const char *secret =
-                u->state == US_AUTH_LOGIN ? rc->auth_user : rc->auth_password;
+            const char *secret = u->state == US_AUTH_LOGIN ? rc->auth_user : rc->auth_password;
             char *resp = sasl_b64(secret);
             if (resp == NULL) {
                 upstream_set_error(u, 451, "4.3.0", "out of memory");
                 upstream_fail(u);
                 return;
             }
-            upstream_set_state(u, u->state == US_AUTH_LOGIN ? US_AUTH_LOGIN_USER
-                                                            : US_AUTH_LOGIN_PASS);
+            upstream_set_state(u,
+                               u->state == US_AUTH_LOGIN ? US_AUTH_LOGIN_USER : US_AUTH_LOGIN_PASS);
             upstream_send_line(u, "%s", resp);
             sasl_free(resp);
             ioev_flush(u->io);
@@ -978,7 +1006,8 @@ static void upstream_io(struct ioev *io, enum ioev_event ev, void *arg)
         upstream_read(u);
         break;
     case IOEV_FLUSHED:
-        if (u->state == US_BODY && !u->dot_sent)
+        if ((u->state == US_BODY || (u->state == US_TXN && u->bdat && u->body_off > 0)) &&
+            !u->dot_sent)
             txn_send_body(u);
         break;
     case IOEV_EOF:
