@@ -260,8 +260,18 @@ class Daemon:
         with open(self.conf, "w") as f:
             f.write(config_text.replace("@SOCKET@", self.socket))
         self.stopped = False
+        cmd = [binary("mailpoold"), "-c", self.conf]
+        self.vg_log = None
+        if os.environ.get("MPHARNESS_VALGRIND"):
+            # Memcheck: any invalid access or definite/indirect leak makes the
+            # daemon exit 99, which stop() reports with valgrind's log.
+            self.vg_log = os.path.join(self.dir, "valgrind.log")
+            cmd = ["valgrind", "--quiet", "--error-exitcode=99", "--leak-check=full",
+                   "--show-leak-kinds=definite,indirect",
+                   "--errors-for-leak-kinds=definite,indirect",
+                   "--log-file=" + self.vg_log] + cmd
         with open(self.log_path, "wb") as err:
-            self.proc = subprocess.Popen([binary("mailpoold"), "-c", self.conf],
+            self.proc = subprocess.Popen(cmd,
                                          stdin=subprocess.DEVNULL, stdout=err, stderr=err,
                                          env=env)
         self.pid = self.proc.pid
@@ -331,6 +341,9 @@ class Daemon:
         status, killed = stop_pid(self.proc, timeout=40)
         check(not killed, "mailpoold ignored SIGTERM:\n" + self.log())
         self.check_sanitizers()
+        if self.vg_log and status == 99:
+            with open(self.vg_log, errors="backslashreplace") as f:
+                raise TestFailure("valgrind found errors in mailpoold:\n" + f.read())
         check(status == 0, "mailpoold exited with %d after SIGTERM:\n%s" % (status, self.log()))
 
     def _cleanup(self):
@@ -434,9 +447,13 @@ class Scope:
 
     def relay(self, port, name="up", options=("extended",), user=None, password="s3cret",
               ca="ca.pem", timeout=5, host="127.0.0.1", mode="relay", extra="",
-              mechanisms=None):
-        """One relay block for config()."""
-        parts = ['hosts = [ "%s:%d" ];' % (host, port),
+              mechanisms=None, pool=None, hosts=None):
+        """One relay block for config().  `pool` is a dict of pool settings
+        (max_connections=1, ...); `hosts` a list of "host:port" strings that
+        replaces host/port (a failover list)."""
+        if hosts is None:
+            hosts = ["%s:%d" % (host, port)]
+        parts = ["hosts = [ %s ];" % ", ".join('"%s"' % h for h in hosts),
                  "options = [ %s ];" % ", ".join('"%s"' % o for o in options),
                  'mode = "%s";' % mode, "timeout = %d;" % timeout]
         if user is not None:
@@ -447,6 +464,8 @@ class Scope:
                          % (user, self.password_file(password), mech))
         if ca:
             parts.append('tls = { ca_file = "%s"; };' % os.path.join(CERTS, ca))
+        if pool:
+            parts.append("pool = { %s };" % " ".join("%s = %d;" % kv for kv in pool.items()))
         parts.append(extra)
         return "%s = { %s };" % (name, " ".join(parts))
 
