@@ -33,7 +33,7 @@ port=$(free_port)
 pids="$pids $!"
 
 cat >"$work/mailpool.conf" <<CONF
-daemon = { hostname = "bench.mailpool.test"; submit_socket = "$work/submit.sock"; log_level = "warn"; };
+daemon = { hostname = "bench.mailpool.test"; submit_socket = "$work/submit.sock"; control_socket = "$work/control.sock"; log_level = "warn"; };
 default_relay = "sink";
 relays = { sink = { hosts = [ "127.0.0.1:$port" ]; options = [ "extended" ]; mode = "relay";
                     pool = { max_connections = 4; idle_timeout = 600; max_messages = 0; }; }; };

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #ifdef HAVE_LIBSYSTEMD
 #include <systemd/sd-daemon.h>
@@ -17,14 +18,18 @@
 
 #include "config.h"
 #include "config_check.h"
+#include "control.h"
 #include "proto.h"
 #include "log.h"
 #include "pool.h"
 #include "submit.h"
 #include "tls.h"
+#include "unixsock.h"
 
 /* Longest wait for messages in flight at shutdown. */
 #define SHUTDOWN_GRACE_SECONDS 30
+/* Longest wait for the QUIT replies of idle upstream sessions at exit. */
+#define QUIT_GRACE_SECONDS 2
 
 struct daemon {
     struct event_base *base;
@@ -33,6 +38,8 @@ struct daemon {
     struct pool *pool;
     struct submit_server *submit;
     int submit_fd;
+    struct control *control;
+    int control_fd;
     struct event *sigterm, *sigint, *sighup, *drain_timer;
     time_t stop_started;
 };
@@ -98,6 +105,34 @@ static void on_sighup(evutil_socket_t sig, short what, void *arg)
              "mailpoold to apply it");
 }
 
+static void grace_tick(evutil_socket_t fd, short what, void *arg)
+{
+}
+
+/*
+ * Idle sessions were sent QUIT and free themselves when the server answers
+ * or closes (or their own short timeout fires).  Run the loop until they are
+ * all gone, bounded in time; a lone EVLOOP_NONBLOCK pass would leak them.
+ */
+static void drain_quits(struct event_base *base)
+{
+    /* The tick wakes the loop up to look at the deadline; it is the one event left at the end. */
+    struct event *tick = event_new(base, -1, EV_PERSIST, grace_tick, NULL);
+    if (tick == NULL)
+        return;
+    struct timeval tv = {0, 50 * 1000};
+    event_add(tick, &tv);
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    do {
+        if (event_base_get_num_events(base, EVENT_BASE_COUNT_ADDED) <= 1)
+            break;
+        event_base_loop(base, EVLOOP_ONCE);
+        clock_gettime(CLOCK_MONOTONIC, &now);
+    } while (now.tv_sec - start.tv_sec < QUIT_GRACE_SECONDS);
+    event_free(tick);
+}
+
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -160,11 +195,18 @@ int main(int argc, char **argv)
     d.pool = pool_new(d.base, d.dns, d.cfg, err, sizeof(err));
     if (d.pool == NULL)
         fatal("%s", err);
-    d.submit_fd = submit_listen(d.cfg->submit_socket, 0666, err, sizeof(err));
+    d.submit_fd = unix_listen(d.cfg->submit_socket, 0666, err, sizeof(err));
     if (d.submit_fd < 0)
         fatal("submission socket: %s", err);
     d.submit = submit_new(d.base, d.cfg, d.pool, d.submit_fd, err, sizeof(err));
     if (d.submit == NULL)
+        fatal("%s", err);
+    /* Mail keeps flowing without the control socket, so failing to create it is not fatal. */
+    d.control_fd = unix_listen(d.cfg->control_socket, 0660, err, sizeof(err));
+    if (d.control_fd < 0)
+        log_error("control socket disabled: %s", err);
+    else if ((d.control = control_new(d.base, d.cfg, d.pool, d.submit, d.control_fd, err,
+                                      sizeof(err))) == NULL)
         fatal("%s", err);
 
     d.sigterm = evsignal_new(d.base, SIGTERM, on_stop_signal, &d);
@@ -182,17 +224,25 @@ int main(int argc, char **argv)
     notify("READY=1");
     event_base_dispatch(d.base);
 
+    if (d.control != NULL) {
+        control_free(d.control);
+        close(d.control_fd);
+        unlink(d.cfg->control_socket);
+    }
     submit_free(d.submit);
     close(d.submit_fd);
     unlink(d.cfg->submit_socket);
     pool_free(d.pool);
-    /* Let idle sessions' QUITs and frees complete. */
-    event_base_loop(d.base, EVLOOP_NONBLOCK);
+    /* Only the idle sessions' QUITs may keep the loop busy from here on. */
+    event_del(d.sigterm);
+    event_del(d.sigint);
+    event_del(d.sighup);
+    evdns_base_free(d.dns, 0); /* its nameserver sockets would keep the loop alive */
+    drain_quits(d.base);
     event_free(d.sigterm);
     event_free(d.sigint);
     event_free(d.sighup);
     event_free(d.drain_timer);
-    evdns_base_free(d.dns, 0);
     event_base_free(d.base);
     config_free(d.cfg);
     tls_shutdown();

@@ -46,6 +46,7 @@ cat >"$work/mailpool.conf" <<CONF
 daemon = {
   hostname = "demo.mailpool.test";
   submit_socket = "$work/submit.sock";
+  control_socket = "$work/control.sock";
   log_level = "info";
 };
 default_relay = "upstream";

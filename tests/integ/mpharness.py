@@ -258,7 +258,8 @@ class Daemon:
         self.conf = os.path.join(self.dir, "mailpool.conf")
         self.log_path = os.path.join(self.dir, "stderr.log")
         with open(self.conf, "w") as f:
-            f.write(config_text.replace("@SOCKET@", self.socket))
+            f.write(config_text.replace("@SOCKET@", self.socket)
+                    .replace("@CONTROL@", os.path.join(self.dir, "control.sock")))
         self.stopped = False
         cmd = [binary("mailpoold"), "-c", self.conf]
         self.vg_log = None
@@ -471,6 +472,8 @@ class Scope:
 
     def config(self, *relays, max_size=36700160, client_timeout=30, log_level="debug",
                default="up", extra_daemon=""):
+        if "control_socket" not in extra_daemon:
+            extra_daemon += ' control_socket = "@CONTROL@";'
         return ('daemon = { hostname = "client.test"; submit_socket = "@SOCKET@"; '
                 'log_level = "%s"; max_message_size = %d; client_timeout = %d; %s };\n'
                 'default_relay = "%s";\nrelays = { %s };\n'

@@ -1,0 +1,584 @@
+/*
+ * mailpoolctl: the operator's front end to mailpoold's control socket.
+ * Sends one request line, reads the one-line JSON (RFC 8259) answer and
+ * prints it as tables, or as it came with --json.  Exit codes: sysexits.h.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <libconfig.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sysexits.h>
+#include <unistd.h>
+
+#include "json_read.h"
+#include "proto.h"
+
+#define PROG "mailpoolctl"
+/* How long to wait for the daemon's answer. */
+#define ANSWER_TIMEOUT_MS 15000
+
+/* What went wrong, mapped to an exit status in one place: exit_code(). */
+enum outcome {
+    OUT_OK,
+    OUT_USAGE,       /* bad command line */
+    OUT_CONFIG,      /* -C file unreadable or wrong */
+    OUT_UNAVAILABLE, /* the daemon is not reachable or did not answer */
+    OUT_REFUSED,     /* the daemon answered {"ok":false} */
+    OUT_PROTOCOL,    /* the answer is not what the protocol says */
+    OUT_OSERR,       /* out of memory and the like */
+};
+
+static int exit_code(enum outcome o)
+{
+    switch (o) {
+    case OUT_OK:
+        return EX_OK;
+    case OUT_USAGE:
+        return EX_USAGE;
+    case OUT_CONFIG:
+        return EX_CONFIG;
+    case OUT_UNAVAILABLE:
+        return EX_UNAVAILABLE;
+    case OUT_REFUSED:
+        return 1;
+    case OUT_PROTOCOL:
+        return EX_PROTOCOL;
+    case OUT_OSERR:
+        return EX_OSERR;
+    }
+    return EX_SOFTWARE;
+}
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: " PROG " [-C CONFIG] [-s SOCKET] [--json] COMMAND [ARG...]\n"
+               "  -C, --config FILE    read daemon.control_socket from the daemon's config\n"
+               "  -s, --socket PATH    control socket (default: $" MAILPOOL_CONTROL_SOCKET_ENV
+               ", then -C, then " MAILPOOL_DEFAULT_CONTROL_SOCKET ")\n"
+               "  -j, --json           print the daemon's JSON answer as it came\n"
+               "  -V, --version        print the version and exit\n"
+               "commands:\n"
+               "  status               version, uptime and counters\n"
+               "  pool                 upstream connections and per-relay counters\n");
+}
+
+static void complain(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static void complain(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs(PROG ": ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+/* ---- finding and talking to the socket ---------------------------------------- */
+
+/* daemon.control_socket of the config file, or the default when it has none. */
+static enum outcome socket_from_config(const char *file, char **path)
+{
+    config_t cfg;
+    const char *s = NULL;
+    enum outcome o = OUT_OK;
+
+    config_init(&cfg);
+    if (config_read_file(&cfg, file) != CONFIG_TRUE) {
+        if (config_error_type(&cfg) == CONFIG_ERR_FILE_IO)
+            complain("cannot read %s: %s", file, strerror(errno));
+        else
+            complain("%s:%d: %s", file, config_error_line(&cfg), config_error_text(&cfg));
+        o = OUT_CONFIG;
+    } else if (config_lookup_string(&cfg, "daemon.control_socket", &s) == CONFIG_TRUE) {
+        *path = strdup(s);
+        if (*path == NULL)
+            o = OUT_OSERR;
+    } else if (config_lookup(&cfg, "daemon.control_socket") != NULL) {
+        complain("%s: daemon.control_socket must be a string", file);
+        o = OUT_CONFIG;
+    } else {
+        *path = strdup(MAILPOOL_DEFAULT_CONTROL_SOCKET);
+        if (*path == NULL)
+            o = OUT_OSERR;
+    }
+    config_destroy(&cfg);
+    return o;
+}
+
+static enum outcome connect_socket(const char *path, int *fdp)
+{
+    struct sockaddr_un sun;
+    memset(&sun, 0, sizeof(sun));
+    sun.sun_family = AF_UNIX;
+    if (strlen(path) >= sizeof(sun.sun_path)) {
+        complain("%s: socket path too long", path);
+        return OUT_USAGE;
+    }
+    memcpy(sun.sun_path, path, strlen(path) + 1);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        complain("socket: %s", strerror(errno));
+        return OUT_OSERR;
+    }
+    if (connect(fd, (struct sockaddr *)&sun, sizeof(sun)) != 0) {
+        int e = errno;
+        complain("cannot reach mailpoold at %s: %s%s", path, strerror(e),
+                 e == ENOENT || e == ECONNREFUSED ? " (is mailpoold running?)" : "");
+        close(fd);
+        return OUT_UNAVAILABLE;
+    }
+    *fdp = fd;
+    return OUT_OK;
+}
+
+static enum outcome send_all(int fd, const char *buf, size_t len, const char *path)
+{
+    while (len > 0) {
+        ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EPIPE || errno == ECONNRESET))
+            return OUT_OK; /* the daemon hung up first: its answer line says why */
+        if (n < 0) {
+            complain("cannot send the request to mailpoold at %s: %s", path, strerror(errno));
+            return OUT_UNAVAILABLE;
+        }
+        buf += n;
+        len -= (size_t)n;
+    }
+    return OUT_OK;
+}
+
+/* Read the answer line (without its LF) into a new buffer. */
+static enum outcome read_answer(int fd, const char *path, char **out, size_t *outlen)
+{
+    size_t len = 0, cap = 4096;
+    char *buf = malloc(cap);
+    if (buf == NULL)
+        return OUT_OSERR;
+    for (;;) {
+        struct pollfd pfd = {.fd = fd, .events = POLLIN};
+        int r = poll(&pfd, 1, ANSWER_TIMEOUT_MS);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r == 0) {
+            complain("mailpoold at %s did not answer within %d seconds", path,
+                     ANSWER_TIMEOUT_MS / 1000);
+            free(buf);
+            return OUT_UNAVAILABLE;
+        }
+        if (len == cap) {
+            if (cap > JSON_READ_MAX_SIZE) {
+                complain("the answer from mailpoold is over %u bytes", JSON_READ_MAX_SIZE);
+                free(buf);
+                return OUT_PROTOCOL;
+            }
+            char *nb = realloc(buf, cap * 2);
+            if (nb == NULL) {
+                free(buf);
+                return OUT_OSERR;
+            }
+            buf = nb;
+            cap *= 2;
+        }
+        ssize_t n = r < 0 ? -1 : recv(fd, buf + len, cap - len, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            complain("cannot read the answer of mailpoold at %s: %s", path, strerror(errno));
+            free(buf);
+            return OUT_UNAVAILABLE;
+        }
+        if (n == 0) {
+            complain("mailpoold at %s closed the connection without an answer", path);
+            free(buf);
+            return OUT_UNAVAILABLE;
+        }
+        char *nl = memchr(buf + len, '\n', (size_t)n);
+        len += (size_t)n;
+        if (nl != NULL) {
+            *nl = '\0';
+            *out = buf;
+            *outlen = (size_t)(nl - buf);
+            return OUT_OK;
+        }
+    }
+}
+
+/* ---- printing ------------------------------------------------------------------- */
+
+/*
+ * A copy of s that is safe on a terminal: control bytes (C0, DEL, and C1 as
+ * UTF-8) become \xNN; other UTF-8 is kept.  NULL when out of memory.
+ */
+static char *safe_text(const char *s, size_t len)
+{
+    char *out = malloc(len * 4 + 1);
+    if (out == NULL)
+        return NULL;
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char b = (unsigned char)s[i];
+        if (b < 0x20 || b == 0x7f || b == '\\') {
+            o += (size_t)sprintf(out + o, "\\x%02x", b);
+        } else if (b == 0xc2 && i + 1 < len && (unsigned char)s[i + 1] < 0xa0) {
+            /* U+0080..U+009F: C1 controls, which some terminals obey */
+            o += (size_t)sprintf(out + o, "\\x%02x", (unsigned char)s[i + 1]);
+            i++;
+        } else {
+            out[o++] = (char)b;
+        }
+    }
+    out[o] = '\0';
+    return out;
+}
+
+/* A table of text cells, printed with columns as wide as their widest cell. */
+struct table {
+    size_t ncols, nrows;
+    char **cells; /* nrows * ncols */
+};
+
+static int table_row(struct table *t, const char *const *cells)
+{
+    char **nc = realloc(t->cells, (t->nrows + 1) * t->ncols * sizeof(*nc));
+    if (nc == NULL)
+        return -1;
+    t->cells = nc;
+    for (size_t i = 0; i < t->ncols; i++) {
+        const char *c = cells[i] != NULL ? cells[i] : "-";
+        t->cells[t->nrows * t->ncols + i] = safe_text(c, strlen(c));
+        if (t->cells[t->nrows * t->ncols + i] == NULL) {
+            for (size_t j = 0; j < i; j++)
+                free(t->cells[t->nrows * t->ncols + j]);
+            return -1;
+        }
+    }
+    t->nrows++;
+    return 0;
+}
+
+static void table_print(const struct table *t)
+{
+    size_t *width = calloc(t->ncols, sizeof(*width));
+    if (width == NULL)
+        return;
+    for (size_t r = 0; r < t->nrows; r++) {
+        for (size_t c = 0; c < t->ncols; c++) {
+            size_t l = strlen(t->cells[r * t->ncols + c]);
+            if (l > width[c])
+                width[c] = l;
+        }
+    }
+    for (size_t r = 0; r < t->nrows; r++) {
+        for (size_t c = 0; c < t->ncols; c++) {
+            const char *cell = t->cells[r * t->ncols + c];
+            if (c + 1 == t->ncols)
+                printf("%s\n", cell);
+            else
+                printf("%-*s  ", (int)width[c], cell);
+        }
+    }
+    free(width);
+}
+
+static void table_free(struct table *t)
+{
+    for (size_t i = 0; i < t->nrows * t->ncols; i++)
+        free(t->cells[i]);
+    free(t->cells);
+}
+
+/* Room for any number or duration text formatted below (a long long is 20 digits). */
+#define NUM_TEXT 48
+
+/*
+ * A member as display text: a string as it is (table_row() makes it safe),
+ * a number formatted into buf (size NUM_TEXT), booleans as yes/no,
+ * null or absent as "-".
+ */
+static const char *member_text(const struct json_value *obj, const char *key, char *buf)
+{
+    const struct json_value *v = json_get(obj, key);
+    if (v == NULL || v->type == JSON_NULL)
+        return "-";
+    if (v->type == JSON_STRING)
+        return v->string;
+    if (v->type == JSON_BOOL)
+        return v->boolean ? "yes" : "no";
+    if (v->type == JSON_NUMBER && v->is_integer)
+        snprintf(buf, NUM_TEXT, "%lld", v->integer);
+    else if (v->type == JSON_NUMBER)
+        snprintf(buf, NUM_TEXT, "%g", v->number);
+    else
+        return "?";
+    return buf;
+}
+
+/* Seconds as "42s", "3m05s", "2h03m", "4d06h", into buf (size NUM_TEXT). */
+static const char *duration_text(const struct json_value *obj, const char *key, char *buf)
+{
+    long long s;
+    size_t len = NUM_TEXT;
+    if (json_get_int(obj, key, &s) != 0 || s < 0)
+        return "-";
+    if (s < 60)
+        snprintf(buf, len, "%llds", s);
+    else if (s < 3600)
+        snprintf(buf, len, "%lldm%02llds", s / 60, s % 60);
+    else if (s < 86400)
+        snprintf(buf, len, "%lldh%02lldm", s / 3600, s % 3600 / 60);
+    else
+        snprintf(buf, len, "%lldd%02lldh", s / 86400, s % 86400 / 3600);
+    return buf;
+}
+
+static enum outcome print_status(const struct json_value *v)
+{
+    static const struct {
+        const char *key, *label;
+    } rows[] = {
+        {"version", "version"},   {"pid", "pid"},           {"uptime", "uptime"},
+        {"clients", "clients"},   {"busy_clients", "busy"}, {"relays", "relays"},
+        {"sessions", "sessions"}, {"waiting", "waiting"},   {"messages", "messages"},
+    };
+    struct table t = {.ncols = 2};
+    enum outcome o = OUT_OK;
+    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+        char buf[NUM_TEXT];
+        const char *val = strcmp(rows[i].key, "uptime") == 0 ? duration_text(v, rows[i].key, buf)
+                                                             : member_text(v, rows[i].key, buf);
+        const char *cells[] = {rows[i].label, val};
+        if (table_row(&t, cells) != 0) {
+            o = OUT_OSERR;
+            break;
+        }
+    }
+    if (o == OUT_OK)
+        table_print(&t);
+    table_free(&t);
+    return o;
+}
+
+static enum outcome print_pool(const struct json_value *v)
+{
+    const struct json_value *relays = json_get(v, "relays");
+    if (relays == NULL || relays->type != JSON_ARRAY) {
+        complain("the answer has no \"relays\" list");
+        return OUT_PROTOCOL;
+    }
+    static const char *const conn_head[] = {"RELAY",   "HOST", "STATE", "TLS", "CIPHER",
+                                            "RESUMED", "MSGS", "AGE",   "IDLE"};
+    static const char *const conn_keys[] = {NULL,          "host",       "state",
+                                            "tls_version", "tls_cipher", "tls_resumed",
+                                            "messages",    "age",        "idle"};
+    static const char *const relay_head[] = {"RELAY",  "SESSIONS", "IDLE",   "OPENING",  "WAITING",
+                                             "OPENED", "REUSED",   "FAILED", "MESSAGES", "RETRIED"};
+    static const char *const relay_keys[] = {"name",   "sessions", "idle",   "opening",  "waiting",
+                                             "opened", "reused",   "failed", "messages", "retried"};
+    enum { NCONN = sizeof(conn_head) / sizeof(conn_head[0]) };
+    enum { NRELAY = sizeof(relay_head) / sizeof(relay_head[0]) };
+    struct table conns = {.ncols = NCONN}, totals = {.ncols = NRELAY};
+    enum outcome o = OUT_OK;
+    if (table_row(&conns, conn_head) != 0 || table_row(&totals, relay_head) != 0)
+        o = OUT_OSERR;
+    for (size_t r = 0; o == OUT_OK && r < relays->count; r++) {
+        const struct json_value *rel = relays->items[r];
+        const char *name = json_get_string(rel, "name");
+        const struct json_value *list = json_get(rel, "connections");
+        if (rel->type != JSON_OBJECT || name == NULL || list == NULL || list->type != JSON_ARRAY) {
+            complain("relay %zu of the answer is malformed", r);
+            o = OUT_PROTOCOL;
+            break;
+        }
+        for (size_t i = 0; o == OUT_OK && i < list->count; i++) {
+            char text[NCONN][NUM_TEXT];
+            const char *cells[NCONN];
+            for (size_t c = 0; c < NCONN; c++) {
+                if (conn_keys[c] == NULL)
+                    cells[c] = name;
+                else if (strcmp(conn_keys[c], "age") == 0 || strcmp(conn_keys[c], "idle") == 0)
+                    cells[c] = duration_text(list->items[i], conn_keys[c], text[c]);
+                else
+                    cells[c] = member_text(list->items[i], conn_keys[c], text[c]);
+            }
+            if (table_row(&conns, cells) != 0)
+                o = OUT_OSERR;
+        }
+        char text[NRELAY][NUM_TEXT];
+        const char *cells[NRELAY];
+        for (size_t c = 0; c < NRELAY; c++)
+            cells[c] = member_text(rel, relay_keys[c], text[c]);
+        if (o == OUT_OK && table_row(&totals, cells) != 0)
+            o = OUT_OSERR;
+    }
+    if (o == OUT_OK) {
+        if (conns.nrows > 1)
+            table_print(&conns);
+        else
+            printf("no upstream connections\n");
+        printf("\n");
+        table_print(&totals);
+    }
+    table_free(&conns);
+    table_free(&totals);
+    return o;
+}
+
+/* ---- main --------------------------------------------------------------------- */
+
+/* Join the command words into one request line; NULL (with a message) if they cannot be sent. */
+static char *build_request(int argc, char **argv)
+{
+    size_t len = 0;
+    for (int i = 0; i < argc; i++) {
+        for (const char *p = argv[i]; *p; p++) {
+            unsigned char b = (unsigned char)*p;
+            if (b <= 0x20 || b >= 0x7f) {
+                complain("argument %d contains a space, control or non-ASCII character", i + 1);
+                return NULL;
+            }
+        }
+        if (argv[i][0] == '\0') {
+            complain("argument %d is empty", i + 1);
+            return NULL;
+        }
+        len += strlen(argv[i]) + 1;
+    }
+    if (len - 1 > MAILPOOL_MAX_CONTROL_LINE) {
+        complain("the command is longer than %d bytes", MAILPOOL_MAX_CONTROL_LINE);
+        return NULL;
+    }
+    char *line = malloc(len + 1);
+    if (line == NULL) {
+        complain("out of memory");
+        return NULL;
+    }
+    size_t o = 0;
+    for (int i = 0; i < argc; i++) {
+        size_t l = strlen(argv[i]);
+        memcpy(line + o, argv[i], l);
+        o += l;
+        line[o++] = i + 1 < argc ? ' ' : '\n';
+    }
+    line[o] = '\0';
+    return line;
+}
+
+/* Send the request, read and check the answer, print it.  The outcome of it all. */
+static enum outcome run(const char *path, const char *request, const char *command, int json)
+{
+    int fd;
+    enum outcome o = connect_socket(path, &fd);
+    if (o != OUT_OK)
+        return o;
+    o = send_all(fd, request, strlen(request), path);
+    char *answer = NULL;
+    size_t alen = 0;
+    if (o == OUT_OK)
+        o = read_answer(fd, path, &answer, &alen);
+    close(fd);
+    if (o != OUT_OK)
+        return o;
+
+    char err[256];
+    struct json_value *v = json_parse(answer, alen, err, sizeof(err));
+    const struct json_value *ok = json_get(v, "ok");
+    if (v == NULL || ok == NULL || ok->type != JSON_BOOL) {
+        complain("malformed answer from mailpoold: %s", v == NULL ? err : "no \"ok\" member");
+        json_value_free(v);
+        free(answer);
+        return OUT_PROTOCOL;
+    }
+    if (json) {
+        printf("%s\n", answer);
+        o = ok->boolean ? OUT_OK : OUT_REFUSED;
+    } else if (!ok->boolean) {
+        const struct json_value *e = json_get(v, "error");
+        char *msg = e != NULL && e->type == JSON_STRING ? safe_text(e->string, e->len) : NULL;
+        complain("%s", msg != NULL ? msg : "the daemon refused the command");
+        free(msg);
+        o = OUT_REFUSED;
+    } else if (strcmp(command, "status") == 0) {
+        o = print_status(v);
+    } else if (strcmp(command, "pool") == 0) {
+        o = print_pool(v);
+    } else {
+        printf("%s\n", answer); /* no table for this command yet */
+    }
+    json_value_free(v);
+    free(answer);
+    if (fflush(stdout) != 0 && o == OUT_OK) {
+        complain("cannot write the output: %s", strerror(errno));
+        o = OUT_OSERR;
+    }
+    return o;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'C'}, {"socket", required_argument, NULL, 's'},
+        {"json", no_argument, NULL, 'j'},         {"version", no_argument, NULL, 'V'},
+        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
+    };
+    const char *config = NULL, *sock = NULL;
+    int json = 0, ch;
+    /* "+": stop at the command, so its own arguments are never taken as options. */
+    while ((ch = getopt_long(argc, argv, "+C:s:jVh", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'C':
+            config = optarg;
+            break;
+        case 's':
+            sock = optarg;
+            break;
+        case 'j':
+            json = 1;
+            break;
+        case 'V':
+            printf(PROG " %s\n", MAILPOOL_VERSION);
+            return EX_OK;
+        case 'h':
+            usage(stdout);
+            return EX_OK;
+        default:
+            usage(stderr);
+            return exit_code(OUT_USAGE);
+        }
+    }
+    if (optind >= argc) {
+        usage(stderr);
+        return exit_code(OUT_USAGE);
+    }
+    char *request = build_request(argc - optind, argv + optind);
+    if (request == NULL)
+        return exit_code(OUT_USAGE);
+
+    char *from_config = NULL;
+    const char *env = getenv(MAILPOOL_CONTROL_SOCKET_ENV);
+    if (sock == NULL && env != NULL && env[0] != '\0')
+        sock = env;
+    if (sock == NULL && config != NULL) {
+        enum outcome o = socket_from_config(config, &from_config);
+        if (o != OUT_OK) {
+            free(request);
+            return exit_code(o);
+        }
+        sock = from_config;
+    }
+    if (sock == NULL)
+        sock = MAILPOOL_DEFAULT_CONTROL_SOCKET;
+
+    enum outcome o = run(sock, request, argv[optind], json);
+    free(request);
+    free(from_config);
+    return exit_code(o);
+}

@@ -1,0 +1,551 @@
+/*
+ * The control socket: one request line in, one line of JSON (RFC 8259) out,
+ * per command, on a Unix socket that only root, the daemon's user and the
+ * daemon's group may use.  Commands live in one table; each writes its
+ * answer with the JSON writer of json.h.
+ */
+#include "control.h"
+
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "json.h"
+#include "log.h"
+#include "pool.h"
+#include "proto.h"
+#include "submit.h"
+
+/* A client must complete a request line within this time, or it is dropped. */
+#define CTL_IDLE_SECONDS 5
+/* A client that reads none of its answer for this long is dropped. */
+#define CTL_WRITE_SECONDS 30
+/*
+ * Control connections open at once; more are refused with an error line.
+ * Above the listen backlog (512), so a burst of clients that connect and
+ * hang up at once cannot crowd out a fresh one before their EOFs are seen.
+ */
+#define CTL_MAX_CONNS 1024
+/*
+ * Answers queued for one client before its further requests are left
+ * unread (a pipelining client that does not read cannot make us buffer
+ * without bound); reading resumes when half of it was taken.
+ */
+#define CTL_MAX_PENDING (256 * 1024)
+/* Most bytes read and thrown away when closing a connection (see conn_discard_input). */
+#define CTL_DISCARD_MAX (1024 * 1024)
+/* Words in one request line, the command name included. */
+#define CTL_MAX_WORDS 16
+
+struct control;
+
+struct ctl_conn {
+    TAILQ_ENTRY(ctl_conn) entry;
+    struct control *ctl;
+    struct bufferevent *bev;
+    struct event *deadline;
+    unsigned long id;
+    uid_t uid;
+    gid_t gid;
+    pid_t pid;
+    int eof;       /* the client finished sending */
+    int closing;   /* no more requests: close once the answers are written */
+    int throttled; /* reading paused until the client takes its answers */
+};
+
+struct control {
+    struct event_base *base;
+    const struct config *cfg;
+    struct pool *pool;
+    struct submit_server *submit;
+    struct evconnlistener *listener;
+    TAILQ_HEAD(, ctl_conn) conns;
+    size_t nconns;
+    unsigned long next_id;
+    struct timespec started; /* CLOCK_MONOTONIC */
+};
+
+struct ctl_request {
+    int argc; /* argv[0] is the command name */
+    char *argv[CTL_MAX_WORDS];
+};
+
+/*
+ * One command.  run() writes one complete JSON object, {"ok":true,...} or
+ * an error from ctl_error(); argument counts are checked before it runs.
+ */
+struct ctl_command {
+    const char *name;
+    int min_args, max_args; /* words after the name */
+    const char *usage;
+    void (*run)(struct control *ctl, const struct ctl_request *req, struct json_writer *w);
+};
+
+static void ctl_error(struct json_writer *w, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* {"ok":false,"error":"..."}; the message is built at whatever length it needs. */
+static void ctl_error(struct json_writer *w, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *msg = NULL;
+    int n = vasprintf(&msg, fmt, ap);
+    va_end(ap);
+    json_object_begin(w);
+    json_kv_bool(w, "ok", 0);
+    json_kv_string(w, "error", n >= 0 ? msg : "out of memory");
+    json_object_end(w);
+    if (n >= 0)
+        free(msg);
+}
+
+/* ---- commands ------------------------------------------------------------- */
+
+static void cmd_status(struct control *ctl, const struct ctl_request *req, struct json_writer *w)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    unsigned long messages = 0;
+    size_t nrelays = pool_relay_count(ctl->pool);
+    for (size_t i = 0; i < nrelays; i++) {
+        struct pool_relay_info ri;
+        pool_relay_info(ctl->pool, i, &ri);
+        messages += ri.messages;
+    }
+    json_object_begin(w);
+    json_kv_bool(w, "ok", 1);
+    json_kv_string(w, "version", MAILPOOL_VERSION);
+    json_kv_int(w, "uptime", (long long)(now.tv_sec - ctl->started.tv_sec));
+    json_kv_int(w, "pid", (long long)getpid());
+    json_kv_uint(w, "clients", ctl->submit ? submit_clients(ctl->submit) : 0);
+    json_kv_uint(w, "busy_clients", ctl->submit ? submit_busy(ctl->submit) : 0);
+    json_kv_uint(w, "relays", nrelays);
+    json_kv_uint(w, "sessions", pool_sessions(ctl->pool));
+    json_kv_uint(w, "waiting", pool_waiting(ctl->pool));
+    json_kv_uint(w, "messages", messages);
+    json_object_end(w);
+}
+
+static void pool_session_json(const struct pool_session_info *si, void *arg)
+{
+    struct json_writer *w = arg;
+    json_object_begin(w);
+    json_kv_string(w, "host", si->host);
+    json_kv_string(w, "state", si->state);
+    json_kv_string(w, "tls_version", si->tls_version);
+    json_kv_string(w, "tls_cipher", si->tls_version ? si->tls_cipher : NULL);
+    json_kv_bool(w, "tls_resumed", si->tls_version && si->tls_resumed);
+    json_kv_uint(w, "messages", si->messages);
+    json_kv_int(w, "age", si->age);
+    json_key(w, "idle");
+    if (si->idle < 0)
+        json_null(w);
+    else
+        json_int(w, si->idle);
+    json_object_end(w);
+}
+
+static void cmd_pool(struct control *ctl, const struct ctl_request *req, struct json_writer *w)
+{
+    json_object_begin(w);
+    json_kv_bool(w, "ok", 1);
+    json_key(w, "relays");
+    json_array_begin(w);
+    size_t n = pool_relay_count(ctl->pool);
+    for (size_t i = 0; i < n; i++) {
+        struct pool_relay_info ri;
+        pool_relay_info(ctl->pool, i, &ri);
+        json_object_begin(w);
+        json_kv_string(w, "name", ri.name);
+        json_kv_uint(w, "sessions", ri.sessions);
+        json_kv_uint(w, "idle", ri.idle);
+        json_kv_uint(w, "opening", ri.opening);
+        json_kv_uint(w, "waiting", ri.waiting);
+        json_kv_uint(w, "opened", ri.opened);
+        json_kv_uint(w, "reused", ri.reused);
+        json_kv_uint(w, "failed", ri.failed);
+        json_kv_uint(w, "messages", ri.messages);
+        json_kv_uint(w, "retried", ri.retried);
+        json_key(w, "connections");
+        json_array_begin(w);
+        pool_foreach_session(ctl->pool, i, pool_session_json, w);
+        json_array_end(w);
+        json_object_end(w);
+    }
+    json_array_end(w);
+    json_object_end(w);
+}
+
+/* Later commands (relays, queue, flush, reload, test, metrics ...) join this table. */
+static const struct ctl_command commands[] = {
+    {"status", 0, 0, "status", cmd_status},
+    {"pool", 0, 0, "pool", cmd_pool},
+};
+
+/* ---- requests --------------------------------------------------------------- */
+
+/* Split line (NUL-terminated, printable) in place on spaces and tabs. Returns -1: too many words.
+ */
+static int request_split(char *line, struct ctl_request *req)
+{
+    req->argc = 0;
+    char *p = line;
+    for (;;) {
+        while (*p == ' ' || *p == '\t')
+            p++;
+        if (*p == '\0')
+            return 0;
+        if (req->argc == CTL_MAX_WORDS)
+            return -1;
+        req->argv[req->argc++] = p;
+        while (*p != '\0' && *p != ' ' && *p != '\t')
+            p++;
+        if (*p != '\0')
+            *p++ = '\0';
+    }
+}
+
+static void request_run(struct ctl_conn *c, char *line, struct json_writer *w)
+{
+    struct ctl_request req;
+    if (request_split(line, &req) != 0) {
+        ctl_error(w, "too many words in the request (at most %d)", CTL_MAX_WORDS);
+        return;
+    }
+    if (req.argc == 0) {
+        ctl_error(w, "empty request");
+        return;
+    }
+    char name[64];
+    log_escape(req.argv[0], strlen(req.argv[0]), name, sizeof(name));
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
+        const struct ctl_command *cmd = &commands[i];
+        if (strcmp(cmd->name, req.argv[0]) != 0)
+            continue;
+        int nargs = req.argc - 1;
+        if (nargs < cmd->min_args || nargs > cmd->max_args) {
+            ctl_error(w, "usage: %s", cmd->usage);
+            return;
+        }
+        log_debug("control client=%lu uid=%u command=%s", c->id, (unsigned)c->uid, name);
+        cmd->run(c->ctl, &req, w);
+        return;
+    }
+    log_debug("control client=%lu uid=%u unknown command=\"%s\"", c->id, (unsigned)c->uid, name);
+    ctl_error(w, "unknown command \"%s\"", req.argv[0]);
+}
+
+/* Queue one answer line: the command's JSON, or an error if the writer was misused. */
+static void conn_answer(struct ctl_conn *c, char *line)
+{
+    struct evbuffer *buf = evbuffer_new();
+    if (buf == NULL) {
+        c->closing = 1;
+        return;
+    }
+    struct json_writer w;
+    json_writer_init(&w, buf);
+    if (line != NULL)
+        request_run(c, line, &w);
+    if (json_writer_finish(&w) != 0) {
+        log_error("control client=%lu: malformed answer dropped", c->id);
+        evbuffer_drain(buf, evbuffer_get_length(buf));
+        json_writer_init(&w, buf);
+        ctl_error(&w, "internal error");
+    }
+    evbuffer_add(buf, "\n", 1);
+    if (bufferevent_write_buffer(c->bev, buf) != 0)
+        c->closing = 1;
+    evbuffer_free(buf);
+}
+
+/* An error answer that ends the connection (bad input, timeout, refusal). */
+static void conn_fail(struct ctl_conn *c, const char *msg)
+{
+    struct evbuffer *buf = evbuffer_new();
+    if (buf != NULL) {
+        struct json_writer w;
+        json_writer_init(&w, buf);
+        ctl_error(&w, "%s", msg);
+        evbuffer_add(buf, "\n", 1);
+        bufferevent_write_buffer(c->bev, buf);
+        evbuffer_free(buf);
+    }
+    c->closing = 1;
+}
+
+static int printable(const char *s, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        unsigned char b = (unsigned char)s[i];
+        if ((b < 0x20 && b != '\t') || b >= 0x7f)
+            return 0;
+    }
+    return 1;
+}
+
+/*
+ * Answer every complete request line in the input, in order.  After the
+ * client's EOF a last line without a line end is a request too.
+ */
+static void conn_process(struct ctl_conn *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    while (!c->closing) {
+        if (evbuffer_get_length(out) >= CTL_MAX_PENDING) {
+            c->throttled = 1;
+            bufferevent_disable(c->bev, EV_READ);
+            bufferevent_setwatermark(c->bev, EV_WRITE, CTL_MAX_PENDING / 2, 0);
+            return;
+        }
+        size_t avail = evbuffer_get_length(in);
+        size_t eol_len = 0;
+        struct evbuffer_ptr eol = evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_LF);
+        size_t len;
+        if (eol.pos >= 0) {
+            len = (size_t)eol.pos;
+        } else if (avail > MAILPOOL_MAX_CONTROL_LINE + 1) { /* + 1: room for a CR */
+            len = avail;
+        } else if (c->eof && avail > 0) {
+            len = avail;
+        } else {
+            return;
+        }
+        if (len > MAILPOOL_MAX_CONTROL_LINE + 1) {
+            log_info("control client=%lu sent a line over %d bytes: closing", c->id,
+                     MAILPOOL_MAX_CONTROL_LINE);
+            evbuffer_drain(in, avail);
+            conn_fail(c, "request line too long");
+            return;
+        }
+        char line[MAILPOOL_MAX_CONTROL_LINE + 2];
+        evbuffer_remove(in, line, len);
+        evbuffer_drain(in, eol_len);
+        if (len > 0 && line[len - 1] == '\r')
+            len--;
+        line[len] = '\0';
+        if (len > MAILPOOL_MAX_CONTROL_LINE) {
+            log_info("control client=%lu sent a line over %d bytes: closing", c->id,
+                     MAILPOOL_MAX_CONTROL_LINE);
+            evbuffer_drain(in, evbuffer_get_length(in));
+            conn_fail(c, "request line too long");
+            return;
+        }
+        if (!printable(line, len)) {
+            log_info("control client=%lu sent binary data: closing", c->id);
+            evbuffer_drain(in, evbuffer_get_length(in));
+            conn_fail(c, "invalid request: not a line of printable ASCII");
+            return;
+        }
+        struct timeval tv = {CTL_IDLE_SECONDS, 0};
+        evtimer_add(c->deadline, &tv);
+        conn_answer(c, line);
+    }
+}
+
+/* ---- connections ------------------------------------------------------------- */
+
+static void conn_free(struct ctl_conn *c)
+{
+    struct control *ctl = c->ctl;
+    TAILQ_REMOVE(&ctl->conns, c, entry);
+    ctl->nconns--;
+    event_free(c->deadline);
+    bufferevent_free(c->bev);
+    log_debug("control client=%lu closed", c->id);
+    free(c);
+}
+
+/*
+ * Closing a Unix socket with unread bytes in it resets the connection, and
+ * the peer may then lose the answer it has not read yet (the refusal, the
+ * error line).  So take in what the client already sent, up to a bound.
+ */
+static void conn_discard_input(struct ctl_conn *c)
+{
+    evutil_socket_t fd = bufferevent_getfd(c->bev);
+    char buf[4096];
+    size_t total = 0;
+    while (fd >= 0 && total < CTL_DISCARD_MAX) {
+        ssize_t n = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+        if (n <= 0)
+            break;
+        total += (size_t)n;
+    }
+}
+
+/*
+ * The last step of every callback: a connection that is done is freed once
+ * its answers are out (the write callback comes back for the rest).
+ */
+static void conn_settle(struct ctl_conn *c)
+{
+    if (c->closing) {
+        bufferevent_disable(c->bev, EV_READ);
+        if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
+            conn_discard_input(c);
+            conn_free(c);
+        }
+    }
+}
+
+static void conn_read_cb(struct bufferevent *bev, void *arg)
+{
+    struct ctl_conn *c = arg;
+    conn_process(c);
+    conn_settle(c);
+}
+
+static void conn_write_cb(struct bufferevent *bev, void *arg)
+{
+    struct ctl_conn *c = arg;
+    if (c->throttled) {
+        c->throttled = 0;
+        bufferevent_setwatermark(bev, EV_WRITE, 0, 0);
+        if (!c->closing) {
+            bufferevent_enable(bev, EV_READ);
+            conn_process(c);
+        }
+    }
+    conn_settle(c);
+}
+
+static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    struct ctl_conn *c = arg;
+    if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_WRITING)) {
+        /* The client may have only shut down its side: answer what it sent, then close. */
+        c->eof = 1;
+        conn_process(c);
+        c->closing = 1;
+        conn_settle(c);
+        return;
+    }
+    if (what & BEV_EVENT_TIMEOUT)
+        log_info("control client=%lu does not read its answers: closing", c->id);
+    else if (what & BEV_EVENT_ERROR)
+        log_debug("control client=%lu: %s", c->id, strerror(errno));
+    conn_free(c);
+}
+
+static void conn_deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct ctl_conn *c = arg;
+    if (c->closing)
+        return;
+    log_info("control client=%lu sent no request for %d seconds: closing", c->id, CTL_IDLE_SECONDS);
+    conn_fail(c, "timed out waiting for a request");
+    conn_settle(c);
+}
+
+/* Root, the daemon's own user, or its group (the group the socket is for). */
+static int peer_allowed(uid_t uid, gid_t gid)
+{
+    return uid == 0 || uid == geteuid() || gid == getegid();
+}
+
+static void control_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
+                              int salen, void *arg)
+{
+    struct control *ctl = arg;
+    if (ctl->nconns >= CTL_MAX_CONNS) {
+        static const char busy[] = "{\"ok\":false,\"error\":\"too many control connections\"}\n";
+        ssize_t n = send(fd, busy, sizeof(busy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+        (void)n;
+        close(fd);
+        log_warn("control refused a client: %d connections open", CTL_MAX_CONNS);
+        return;
+    }
+    struct ctl_conn *c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        close(fd);
+        return;
+    }
+    c->ctl = ctl;
+    c->id = ++ctl->next_id;
+    struct ucred cred;
+    socklen_t clen = sizeof(cred);
+    int have_cred = getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) == 0;
+    c->uid = have_cred ? cred.uid : (uid_t)-1;
+    c->gid = have_cred ? cred.gid : (gid_t)-1;
+    c->pid = have_cred ? cred.pid : 0;
+    c->bev = bufferevent_socket_new(ctl->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    c->deadline = evtimer_new(ctl->base, conn_deadline_cb, c);
+    if (c->bev == NULL || c->deadline == NULL) {
+        if (c->bev)
+            bufferevent_free(c->bev);
+        else
+            close(fd);
+        if (c->deadline)
+            event_free(c->deadline);
+        free(c);
+        return;
+    }
+    TAILQ_INSERT_TAIL(&ctl->conns, c, entry);
+    ctl->nconns++;
+    bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
+    struct timeval wtv = {CTL_WRITE_SECONDS, 0};
+    bufferevent_set_timeouts(c->bev, NULL, &wtv);
+    if (!have_cred || !peer_allowed(c->uid, c->gid)) {
+        log_warn("control client=%lu refused: uid=%d gid=%d pid=%d", c->id,
+                 have_cred ? (int)c->uid : -1, have_cred ? (int)c->gid : -1, (int)c->pid);
+        bufferevent_enable(c->bev, EV_WRITE);
+        conn_fail(c, "permission denied");
+        conn_settle(c);
+        return;
+    }
+    log_debug("control client=%lu connected uid=%u gid=%u pid=%d", c->id, (unsigned)c->uid,
+              (unsigned)c->gid, (int)c->pid);
+    struct timeval tv = {CTL_IDLE_SECONDS, 0};
+    evtimer_add(c->deadline, &tv);
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+}
+
+/* ---- setup ------------------------------------------------------------------ */
+
+struct control *control_new(struct event_base *base, const struct config *cfg, struct pool *pool,
+                            struct submit_server *submit, int fd, char *err, size_t errlen)
+{
+    struct control *ctl = calloc(1, sizeof(*ctl));
+    if (ctl == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    ctl->base = base;
+    ctl->cfg = cfg;
+    ctl->pool = pool;
+    ctl->submit = submit;
+    TAILQ_INIT(&ctl->conns);
+    clock_gettime(CLOCK_MONOTONIC, &ctl->started);
+    ctl->listener = evconnlistener_new(base, control_accept_cb, ctl, LEV_OPT_CLOSE_ON_EXEC, -1, fd);
+    if (ctl->listener == NULL) {
+        snprintf(err, errlen, "cannot listen on the control socket");
+        free(ctl);
+        return NULL;
+    }
+    return ctl;
+}
+
+void control_free(struct control *ctl)
+{
+    if (ctl == NULL)
+        return;
+    struct ctl_conn *c;
+    while ((c = TAILQ_FIRST(&ctl->conns)) != NULL)
+        conn_free(c);
+    evconnlistener_free(ctl->listener);
+    free(ctl);
+}

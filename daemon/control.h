@@ -1,0 +1,29 @@
+/*
+ * The control socket: operators and mailpoolctl send one request line per
+ * command and get one line of JSON back.  Access is by peer credentials
+ * (SO_PEERCRED): root, the daemon's own user, or the daemon's group.
+ */
+#ifndef MAILPOOL_CONTROL_H
+#define MAILPOOL_CONTROL_H
+
+#include <stddef.h>
+
+struct event_base;
+struct config;
+struct pool;
+struct submit_server;
+struct control;
+
+/*
+ * Serve the control protocol on the listening socket fd (not owned; the
+ * caller closes and unlinks it after control_free()).  cfg, pool and submit
+ * must outlive the control server.  Returns NULL with a message in err when
+ * out of memory or when the listener cannot be set up.
+ */
+struct control *control_new(struct event_base *base, const struct config *cfg, struct pool *pool,
+                            struct submit_server *submit, int fd, char *err, size_t errlen);
+
+/* Close every control connection (unsent answers are dropped) and free. NULL is fine. */
+void control_free(struct control *ctl);
+
+#endif
