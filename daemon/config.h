@@ -57,8 +57,8 @@ struct relay_config {
     char *name;
     struct relay_host *hosts;
     size_t nhosts;
-    unsigned options;        /* effective enum relay_option bits, after the port rules */
-    unsigned timeout;        /* seconds; default 60 */
+    unsigned options; /* effective enum relay_option bits, after the port rules */
+    unsigned timeout; /* seconds; default 60 */
     struct relay_timeouts timeouts;
     enum delivery_mode mode; /* default MODE_QUEUE */
     char *helo_name;         /* NULL: the daemon's hostname */
@@ -70,7 +70,7 @@ struct relay_config {
     unsigned auth_mechanisms; /* enum auth_mech bits allowed; 0 = the default set */
     int allow_plaintext_auth;
 
-    char *tls_ca_file;     /* NULL: the system bundle */
+    char *tls_ca_file; /* NULL: the system bundle */
     char *tls_ca_path;
     char *tls_server_name; /* NULL: the host name being connected to */
     char *tls_min_version; /* "1.0" .. "1.3"; NULL: 1.2 */

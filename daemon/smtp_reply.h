@@ -15,11 +15,11 @@
 #define SMTP_REPLY_MAX_LINES 128
 
 struct smtp_reply {
-    int code;          /* 200..599 */
-    char ecode[16];    /* enhanced status code of the first line ("5.1.1"), or "" */
-    char *text;        /* lines' text after "NNN-"/"NNN " and after the enhanced code
-                          when present, joined by '\n'; control bytes replaced by '?';
-                          malloc'd, never NULL in a complete reply */
+    int code;       /* 200..599 */
+    char ecode[16]; /* enhanced status code of the first line ("5.1.1"), or "" */
+    char *text;     /* lines' text after "NNN-"/"NNN " and after the enhanced code
+                       when present, joined by '\n'; control bytes replaced by '?';
+                       malloc'd, never NULL in a complete reply */
     size_t nlines;
 };
 
@@ -51,8 +51,8 @@ void reply_parser_reset(struct reply_parser *p); /* frees pending state, back to
  *                     The parser must be reset before further use.
  * Lines end in CRLF; a bare LF is accepted as a line end.
  */
-size_t reply_parser_feed(struct reply_parser *p, const char *buf, size_t len,
-                         enum reply_status *st, struct smtp_reply *out);
+size_t reply_parser_feed(struct reply_parser *p, const char *buf, size_t len, enum reply_status *st,
+                         struct smtp_reply *out);
 const char *reply_parser_error(const struct reply_parser *p);
 
 /* Whether the parser holds part of a reply (bytes fed, reply not complete). */
