@@ -6,7 +6,7 @@
 set -eu
 
 BUILD="cmake make gcc pkg-config libevent-dev libwolfssl-dev libconfig-dev libsystemd-dev"
-TEST="python3 python3-aiosmtpd postfix swaks openssl valgrind"
+TEST="python3 python3-aiosmtpd postfix swaks openssl valgrind clang-format"
 BENCH="msmtp stunnel4"
 
 want="$BUILD"

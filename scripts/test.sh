@@ -18,6 +18,16 @@ run_suite() {
     (cd "$dir" && ctest --output-on-failure -j "$jobs" --timeout 300)
 }
 
+echo "== format check (clang-format, .clang-format)"
+bad=""
+for f in $(git ls-files '*.c' '*.h' 2>/dev/null || find daemon client common tests fuzz bench -name '*.[ch]'); do
+    clang-format --dry-run -Werror "$f" >/dev/null 2>&1 || bad="$bad $f"
+done
+if [ -n "$bad" ]; then
+    echo "not formatted with clang-format:$bad" >&2
+    exit 1
+fi
+
 echo "== build and test (build/)"
 run_suite build
 if [ "${1:-}" != "--quick" ]; then
