@@ -31,7 +31,7 @@ typedef enum mailpool_status {
     MAILPOOL_ERR_PERMANENT = -8,  /* answered 5xx: do not retry as is */
     MAILPOOL_ERR_PARTIAL = -9,    /* some recipients accepted, some not: see the result */
     MAILPOOL_ERR_THREAD = -10,    /* handle used from a thread that does not own it */
-    MAILPOOL_ERR_CANCELLED = -11, /* mailpool_cancel() was called */
+    MAILPOOL_ERR_CANCELLED = -11, /* reserved for mailpool_cancel() (not yet available) */
     MAILPOOL_ERR_STATE = -12,     /* call out of order (e.g. on a broken handle) */
 } mailpool_status;
 
@@ -52,8 +52,8 @@ typedef struct mailpool_envelope {
     const char *sender;            /* "" for the null sender <> */
     const char *const *recipients; /* nrecipients addresses */
     size_t nrecipients;
-    const char *relay; /* relay profile name (XRELAY=), or NULL: routing decides */
-    const char *mode;  /* "relay", "queue", or NULL: the relay's default */
+    const char *relay; /* relay profile name (XRELAY=), or NULL: the default relay */
+    const char *mode;  /* "relay", "queue", or NULL: the daemon's default */
 } mailpool_envelope;
 
 /* The outcome: overall status plus one reply per recipient, in order. */
