@@ -53,10 +53,21 @@ def start(s, up_port=None, tls=None, **kw):
 
 
 def connect(d, timeout=10.0):
-    sk = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sk.settimeout(timeout)
-    sk.connect(d.control)
-    return sk
+    # A Unix socket whose listen backlog is full refuses a non-blocking
+    # connect with EAGAIN instead of waiting; retry until the daemon has
+    # accepted the earlier connections (bounded by the timeout).
+    deadline = time.monotonic() + timeout
+    while True:
+        sk = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sk.settimeout(timeout)
+        try:
+            sk.connect(d.control)
+            return sk
+        except BlockingIOError:
+            sk.close()
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def read_lines(sk, limit=1 << 22):

@@ -41,7 +41,8 @@ def case_check_config_ok(s):
     up = s.fakesmtp("")
     conf = os.path.join(s.subdir("conf"), "ok.conf")
     with open(conf, "w") as f:
-        f.write(s.config(s.relay(up.port)).replace("@SOCKET@", os.path.join(s.dir, "x.sock")))
+        f.write(s.config(s.relay(up.port)).replace("@SOCKET@", os.path.join(s.dir, "x.sock"))
+                .replace("@CONTROL@", os.path.join(s.dir, "c.sock")))
     rc, out, err = run([binary("mailpoold"), "--check-config", "-c", conf])
     check(rc == 0, "--check-config on a good file: exit %d\n%s%s" % (rc, out, err))
     check(not os.path.exists(os.path.join(s.dir, "x.sock")), "--check-config started serving")
@@ -50,7 +51,8 @@ def case_check_config_ok(s):
 def _bad_config(s, text, line, needle):
     conf = os.path.join(s.subdir("conf"), "bad.conf")
     with open(conf, "w") as f:
-        f.write(text.replace("@SOCKET@", os.path.join(s.dir, "x.sock")))
+        f.write(text.replace("@SOCKET@", os.path.join(s.dir, "x.sock"))
+                .replace("@CONTROL@", os.path.join(s.dir, "c.sock")))
     rc, out, err = run([binary("mailpoold"), "--check-config", "-c", conf])
     both = out + err
     check(rc == 1, "--check-config on a bad file: exit %d\n%s" % (rc, both))
