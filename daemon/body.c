@@ -24,6 +24,23 @@ enum {
     D_DONE,         /* the terminator was consumed */
 };
 
+/* Length of the run of bytes before the first CR or LF. */
+static size_t plain_run(const char *p, size_t n)
+{
+    const char *lf = memchr(p, '\n', n);
+    size_t m = lf ? (size_t)(lf - p) : n;
+    const char *cr = memchr(p, '\r', m);
+    return cr ? (size_t)(cr - p) : m;
+}
+
+static int has_8bit(const char *p, size_t n)
+{
+    unsigned char acc = 0;
+    for (size_t i = 0; i < n; i++)
+        acc |= (unsigned char)p[i];
+    return (acc & 0x80) != 0;
+}
+
 void body_decoder_init(struct body_decoder *d)
 {
     memset(d, 0, sizeof(*d));
@@ -43,6 +60,19 @@ size_t body_decode(struct body_decoder *d, const char *in, size_t len, char *out
 
     *done = d->state == D_DONE;
     while (i < len && d->state != D_DONE) {
+        if (d->state == D_MID || d->state == D_BOL_BARE) {
+            /* Fast path: the bulk of a line is copied as it is. */
+            size_t run = plain_run(in + i, len - i);
+            if (run > 0) {
+                memcpy(out + o, in + i, run);
+                if (!d->eightbit && has_8bit(in + i, run))
+                    d->eightbit = 1;
+                i += run;
+                o += run;
+                d->state = D_MID;
+                continue;
+            }
+        }
         unsigned char c = (unsigned char)in[i];
 
         switch (d->state) {
@@ -123,6 +153,17 @@ size_t body_encode(struct body_encoder *e, const char *in, size_t len, char *out
     size_t o = 0;
 
     for (size_t i = 0; i < len; i++) {
+        if (!e->at_line_start) {
+            /* Fast path: inside a line nothing needs stuffing. */
+            size_t run = plain_run(in + i, len - i);
+            if (run > 0) {
+                memcpy(out + o, in + i, run);
+                o += run;
+                i += run - 1;
+                e->last_cr = 0;
+                continue;
+            }
+        }
         char c = in[i];
 
         if (c == '\n') {

@@ -7,6 +7,7 @@
  */
 #include <wolfssl/options.h>
 #include <wolfssl/ssl.h>
+#include <wolfssl/wolfcrypt/ecc.h>
 #include <wolfssl/error-ssl.h>
 #include <wolfssl/wolfcrypt/error-crypt.h>
 #include <wolfssl/wolfcrypt/coding.h>
@@ -34,25 +35,34 @@
  * Without secure_fallback only forward-secret AEAD suites (and the SHA-2 CBC
  * ones some appliances still need) are offered: no RC4, MD5 or SHA-1 MACs.
  * wolfSSL skips names it was built without.
+ *
+ * The AEAD order depends on the wolfSSL build: with hardware AES (AES-NI,
+ * ARMv8 crypto) AES-GCM comes first; without it (Debian's build) AES-GCM runs
+ * from tables in software and ChaCha20-Poly1305 is several times faster, so
+ * it is preferred, as TLS stacks do on CPUs without AES instructions.
  */
-static const char strong_ciphers[] = "TLS13-AES128-GCM-SHA256:"
-                                     "TLS13-AES256-GCM-SHA384:"
-                                     "TLS13-CHACHA20-POLY1305-SHA256:"
-                                     "ECDHE-ECDSA-AES128-GCM-SHA256:"
-                                     "ECDHE-RSA-AES128-GCM-SHA256:"
-                                     "ECDHE-ECDSA-AES256-GCM-SHA384:"
-                                     "ECDHE-RSA-AES256-GCM-SHA384:"
-                                     "ECDHE-ECDSA-CHACHA20-POLY1305:"
-                                     "ECDHE-RSA-CHACHA20-POLY1305:"
-                                     "DHE-RSA-AES128-GCM-SHA256:"
-                                     "DHE-RSA-AES256-GCM-SHA384:"
-                                     "DHE-RSA-CHACHA20-POLY1305:"
-                                     "ECDHE-ECDSA-AES128-SHA256:"
-                                     "ECDHE-RSA-AES128-SHA256:"
-                                     "ECDHE-ECDSA-AES256-SHA384:"
-                                     "ECDHE-RSA-AES256-SHA384:"
-                                     "AES128-GCM-SHA256:"
-                                     "AES256-GCM-SHA384";
+#if defined(WOLFSSL_AESNI) || defined(WOLFSSL_ARMASM)
+#define TLS13_AEAD "TLS13-AES128-GCM-SHA256:TLS13-AES256-GCM-SHA384:TLS13-CHACHA20-POLY1305-SHA256:"
+#define TLS12_AEAD                                                                                 \
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"                                   \
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"                                   \
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+#else
+#define TLS13_AEAD "TLS13-CHACHA20-POLY1305-SHA256:TLS13-AES128-GCM-SHA256:TLS13-AES256-GCM-SHA384:"
+#define TLS12_AEAD                                                                                 \
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"                                   \
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"                                   \
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+#endif
+static const char strong_ciphers[] = TLS13_AEAD TLS12_AEAD "DHE-RSA-AES128-GCM-SHA256:"
+                                                           "DHE-RSA-AES256-GCM-SHA384:"
+                                                           "DHE-RSA-CHACHA20-POLY1305:"
+                                                           "ECDHE-ECDSA-AES128-SHA256:"
+                                                           "ECDHE-RSA-AES128-SHA256:"
+                                                           "ECDHE-ECDSA-AES256-SHA384:"
+                                                           "ECDHE-RSA-AES256-SHA384:"
+                                                           "AES128-GCM-SHA256:"
+                                                           "AES256-GCM-SHA384";
 
 struct tls_session_slot {
     char *key; /* session_key "\n" server_name; NULL when the slot is free */
@@ -605,10 +615,26 @@ fail:
     return NULL;
 }
 
+/*
+ * wolfSSL built with FP_ECC (as Debian's is) keeps a lookup table of about
+ * 0.9 MB for every point it multiplies, up to its cache size; each
+ * handshake's ephemeral key adds one, so a daemon with a few sessions grew
+ * by megabytes for tables it never uses again.  Pooled sessions rarely
+ * handshake, so the cache is released after each one.
+ */
+static void release_ecc_cache(void)
+{
+#if defined(HAVE_ECC) && defined(FP_ECC)
+    wc_ecc_fp_free();
+#endif
+}
+
 void tls_conn_free(struct tls_conn *c)
 {
     if (!c)
         return;
+    if (!c->done)
+        release_ecc_cache(); /* a failed handshake may have filled it too */
     if (c->done && !c->failed) {
         session_save(c);
         /* One try: on a non-blocking socket this never waits for the reply. */
@@ -847,6 +873,7 @@ enum tls_result tls_conn_handshake(struct tls_conn *c)
         }
         c->done = 1;
         session_save(c);
+        release_ecc_cache();
         return TLS_OK;
     }
     ret = map_result(c, ret);
