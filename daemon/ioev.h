@@ -37,6 +37,13 @@ struct ioev *ioev_connect(struct event_base *base, const struct sockaddr *addr, 
                           ioev_cb cb, void *arg, char *err, size_t errlen);
 
 /*
+ * Wrap an already connected non-blocking socket (e.g. one from accept()),
+ * which the ioev then owns and closes.  NULL when out of memory (fd is then
+ * still the caller's).
+ */
+struct ioev *ioev_new(struct event_base *base, int fd, ioev_cb cb, void *arg);
+
+/*
  * Close and free.  May be called from inside the ioev's own callback: the
  * memory is then released when the callback returns, and no further events
  * are delivered.
@@ -48,7 +55,11 @@ void ioev_set_cb(struct ioev *io, ioev_cb cb, void *arg);
 
 struct evbuffer *ioev_input(struct ioev *io);
 struct evbuffer *ioev_output(struct ioev *io);
-/* Start writing what was added to ioev_output(); IOEV_FLUSHED when drained. */
+/*
+ * Write what was added to ioev_output(): at once as far as the socket takes
+ * it, the rest when it becomes writable; IOEV_FLUSHED (from the loop) when
+ * all is written.  Never calls the callback from inside this call.
+ */
 void ioev_flush(struct ioev *io);
 
 /*

@@ -11,7 +11,6 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/listener.h>
 #include <stdio.h>
@@ -25,6 +24,7 @@
 
 #include "body.h"
 #include "config.h"
+#include "ioev.h"
 #include "lmtp_parse.h"
 #include "log.h"
 #include "message.h"
@@ -32,6 +32,8 @@
 
 /* Errors after which a client is disconnected (a confused or hostile peer). */
 #define MAX_BAD_COMMANDS 20
+/* How long a closing client may take to read its last reply. */
+#define CLOSE_WAIT_MS 5000
 /* Input consumed per DATA step, so one client cannot monopolise the loop. */
 #define DATA_STEP (64 * 1024)
 
@@ -52,8 +54,7 @@ static const char *const client_state_names[CS_LAST] = {
 
 struct client {
     struct submit_server *srv;
-    struct bufferevent *bev;
-    struct event *deadline;
+    struct ioev *io;
     enum client_state state;
     unsigned long id;
     uid_t uid;
@@ -78,7 +79,7 @@ struct submit_server {
     unsigned long next_id;
 };
 
-static void client_read_cb(struct bufferevent *bev, void *arg);
+static void client_read(struct client *c);
 
 static void client_set_state(struct client *c, enum client_state s)
 {
@@ -91,7 +92,7 @@ static void client_reply(struct client *c, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 static void client_reply(struct client *c, const char *fmt, ...)
 {
-    struct evbuffer *out = bufferevent_get_output(c->bev);
+    struct evbuffer *out = ioev_output(c->io);
     va_list ap;
     va_start(ap, fmt);
     evbuffer_add_vprintf(out, fmt, ap);
@@ -102,11 +103,7 @@ static void client_reply(struct client *c, const char *fmt, ...)
 /* Arm the per-client deadline: silence or a trickle past it closes the client. */
 static void client_touch(struct client *c)
 {
-    unsigned t = c->srv->cfg->client_timeout;
-    if (t > 0) {
-        struct timeval tv = {(time_t)t, 0};
-        evtimer_add(c->deadline, &tv);
-    }
+    ioev_set_timeout(c->io, c->srv->cfg->client_timeout * 1000u);
 }
 
 static void client_free(struct client *c)
@@ -121,8 +118,7 @@ static void client_free(struct client *c)
     message_free(c->msg);
     TAILQ_REMOVE(&srv->clients, c, entry);
     srv->nclients--;
-    event_free(c->deadline);
-    bufferevent_free(c->bev);
+    ioev_free(c->io); /* safe inside its callback: freed when that returns */
     log_debug("submit client=%lu closed", c->id);
     free(c);
 }
@@ -131,10 +127,9 @@ static void client_free(struct client *c)
 static void client_close_after_flush(struct client *c)
 {
     client_set_state(c, CS_CLOSING);
-    bufferevent_disable(c->bev, EV_READ);
-    /* Inside client_read_cb the free happens when it returns. */
-    if (!c->in_read && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
-        client_free(c);
+    ioev_set_timeout(c->io, CLOSE_WAIT_MS);
+    /* IOEV_FLUSHED (or the timeout, for a client that reads nothing) frees it. */
+    ioev_flush(c->io);
 }
 
 static void client_reset_txn(struct client *c)
@@ -166,9 +161,8 @@ static void client_results(struct message *m, void *arg)
     client_reset_txn(c);
     client_set_state(c, CS_READY);
     client_touch(c);
-    bufferevent_enable(c->bev, EV_READ);
-    /* Commands pipelined behind the data are already buffered. */
-    client_read_cb(c->bev, c);
+    /* Commands pipelined behind the data may be buffered already. */
+    client_read(c);
 }
 
 static void client_data_done(struct client *c)
@@ -193,22 +187,21 @@ static void client_data_done(struct client *c)
     log_info("submit client=%lu msg id=%s uid=%u pid=%d from=<%s> nrcpt=%zu size=%zu relay=%s",
              c->id, m->id, (unsigned)c->uid, (int)c->pid, from, m->nrcpts, m->size, rc->name);
     client_set_state(c, CS_WAIT);
-    bufferevent_disable(c->bev, EV_READ);
-    evtimer_del(c->deadline);
+    /* Input keeps arriving (up to ioev's bound) but waits unprocessed. */
+    ioev_set_timeout(c->io, 0);
     c->job = pool_submit(srv->pool, rc, m, client_results, c);
     if (c->job == NULL) {
         for (size_t i = 0; i < m->nrcpts; i++)
             client_reply(c, "451 4.3.0 Out of memory, try again later");
         client_reset_txn(c);
         client_set_state(c, CS_READY);
-        bufferevent_enable(c->bev, EV_READ);
     }
 }
 
 /* Decode DATA from the input buffer.  Returns 1 when the end was reached. */
 static int client_read_data(struct client *c)
 {
-    struct evbuffer *in = bufferevent_get_input(c->bev);
+    struct evbuffer *in = ioev_input(c->io);
     size_t max = c->srv->cfg->max_message_size;
     while (evbuffer_get_length(in) > 0) {
         struct evbuffer_iovec v;
@@ -407,10 +400,10 @@ static void client_command(struct client *c, const char *line, size_t len)
 
 /* ---- I/O ------------------------------------------------------------------- */
 
-static void client_read_cb(struct bufferevent *bev, void *arg)
+/* Handle every complete command (or DATA) in the input, then send the replies in one write. */
+static void client_read(struct client *c)
 {
-    struct client *c = arg;
-    struct evbuffer *in = bufferevent_get_input(bev);
+    struct evbuffer *in = ioev_input(c->io);
     if (c->in_read)
         return;
     c->in_read = 1;
@@ -445,43 +438,45 @@ static void client_read_cb(struct bufferevent *bev, void *arg)
         client_command(c, line, len);
     }
     c->in_read = 0;
-    if (c->state == CS_CLOSING && evbuffer_get_length(bufferevent_get_output(bev)) == 0)
-        client_free(c);
+    ioev_flush(c->io);
 }
 
-static void client_write_cb(struct bufferevent *bev, void *arg)
+static void client_io_cb(struct ioev *io, enum ioev_event ev, void *arg)
 {
     struct client *c = arg;
-    if (c->state == CS_CLOSING && !c->in_read)
-        client_free(c);
-}
-
-static void client_event_cb(struct bufferevent *bev, short what, void *arg)
-{
-    struct client *c = arg;
-    if (what & BEV_EVENT_EOF) {
+    switch (ev) {
+    case IOEV_READ:
+        client_read(c);
+        break;
+    case IOEV_FLUSHED:
+        if (c->state == CS_CLOSING)
+            client_free(c);
+        break;
+    case IOEV_EOF:
+    case IOEV_ERROR:
         if (c->state == CS_DATA)
             log_info("submit client=%lu hung up in the middle of DATA: message discarded", c->id);
         else if (c->state == CS_WAIT)
             log_info("submit client=%lu hung up while its message is being relayed", c->id);
-    } else if (what & BEV_EVENT_ERROR) {
-        log_info("submit client=%lu error: %s", c->id, strerror(errno));
+        if (ev == IOEV_ERROR && c->state != CS_CLOSING)
+            log_info("submit client=%lu error: %s", c->id, ioev_error(io));
+        client_free(c);
+        break;
+    case IOEV_TIMEOUT:
+        if (c->state == CS_CLOSING) {
+            client_free(c); /* the client does not read its last reply */
+            break;
+        }
+        if (c->state == CS_WAIT)
+            break;
+        log_info("submit client=%lu timed out in state %s", c->id, client_state_names[c->state]);
+        client_reply(c, "421 4.4.2 Timeout, closing connection");
+        client_close_after_flush(c);
+        break;
+    case IOEV_CONNECTED:
+    case IOEV_TLS_DONE:
+        break;
     }
-    if (c->in_read) {
-        c->state = CS_CLOSING;
-        return;
-    }
-    client_free(c);
-}
-
-static void client_deadline_cb(evutil_socket_t fd, short what, void *arg)
-{
-    struct client *c = arg;
-    if (c->state == CS_WAIT || c->state == CS_CLOSING)
-        return;
-    log_info("submit client=%lu timed out in state %s", c->id, client_state_names[c->state]);
-    client_reply(c, "421 4.4.2 Timeout, closing connection");
-    client_close_after_flush(c);
 }
 
 static void submit_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
@@ -514,15 +509,10 @@ static void submit_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struc
         c->uid = (uid_t)-1;
         c->gid = (gid_t)-1;
     }
-    c->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
-    c->deadline = evtimer_new(srv->base, client_deadline_cb, c);
-    if (c->bev == NULL || c->deadline == NULL) {
-        if (c->bev)
-            bufferevent_free(c->bev);
-        else
-            close(fd);
-        if (c->deadline)
-            event_free(c->deadline);
+    evutil_make_socket_nonblocking(fd);
+    c->io = ioev_new(srv->base, fd, client_io_cb, c);
+    if (c->io == NULL) {
+        close(fd);
         free(c);
         return;
     }
@@ -530,10 +520,9 @@ static void submit_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struc
     srv->nclients++;
     log_debug("submit client=%lu connected uid=%u gid=%u pid=%d", c->id, (unsigned)c->uid,
               (unsigned)c->gid, (int)c->pid);
-    bufferevent_setcb(c->bev, client_read_cb, client_write_cb, client_event_cb, c);
-    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
     client_touch(c);
     client_reply(c, "220 %s LMTP mailpoold ready", cfg->hostname);
+    ioev_flush(c->io);
 }
 
 /* ---- setup --------------------------------------------------------------- */
