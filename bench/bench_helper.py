@@ -226,6 +226,14 @@ def cmd_report(args):
     if r_median is not None:
         print("  msmtp sequential median / mailpool-1 median: %6.1fx (%s ms vs %s ms)" % (
             r_median, fmt_ms(get(ms1, "median_us")), fmt_ms(get(mp1, "median_us"))))
+    r_plain = ratio(get("mpPN", "msgs/s"), get(ss8, "msgs/s"))
+    r_tls = ratio(get(mp8, "msgs/s"), get("stN", "msgs/s"))
+    if r_plain is not None:
+        print("  like for like, plaintext: mailpool-8 / smtp-source-d-8: %6.1f%%"
+              % (100 * r_plain))
+    if r_tls is not None:
+        print("  like for like, TLS: mailpool-8 / smtp-source-d-8 via TLS: %6.1f%%"
+              % (100 * r_tls))
 
     rss = {}
     print()
@@ -255,6 +263,10 @@ def cmd_report(args):
            lambda v: "%.1fx" % v)
     target("8-client throughput >= 50% of smtp-source -d 8", r_source, lambda v: v >= 0.5,
            lambda v: "%.1f%%" % (100 * v))
+    target("  same, both plaintext (mailpool relay 'plain')", r_plain, lambda v: v >= 0.5,
+           lambda v: "%.1f%%" % (100 * v))
+    target("relay median < 1 ms (8 clients, plaintext)", get("mpPN", "median_us"),
+           lambda v: v < 1000, lambda v: fmt_ms(v) + " ms")
     target("RSS idle < 10 MiB", idle[0] if idle else None, lambda v: v < 10 * 1024,
            lambda v: "%.1f MiB" % (v / 1024))
     target("RSS %s < 64 MiB" % (clients[2] if clients else "with clients"),

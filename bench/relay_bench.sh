@@ -10,7 +10,7 @@
 #
 # Usage: bench/relay_bench.sh     (builds into $BUILD_DIR, default build/)
 # Environment (defaults in brackets):
-#   N [2000]            messages per mailpool case (1 client, then CLIENTS clients)
+#   N [8000]            messages per mailpool case (1 client, then CLIENTS clients)
 #   CLIENTS [8]         mailpool clients and smtp-source sessions in the parallel cases
 #   N_MSMTP [200]       messages per msmtp case (one process each: slow)
 #   MSMTP_PAR [8]       msmtp processes in parallel
@@ -27,7 +27,7 @@
 set -eu
 cd "$(dirname "$0")/.."
 top=$(pwd)
-N=${N:-2000}
+N=${N:-8000}
 CLIENTS=${CLIENTS:-8}
 N_MSMTP=${N_MSMTP:-200}
 MSMTP_PAR=${MSMTP_PAR:-8}
@@ -160,6 +160,14 @@ relays = {
     pool = { max_connections = 8; min_idle = 8; idle_timeout = 3600; max_messages = 0;
              max_age = 0; };
   };
+  # The same sink without TLS: the like-for-like comparison with smtp-source -d.
+  plain = {
+    hosts = [ "127.0.0.1:$sink_port" ];
+    options = [ "extended" ];
+    mode = "relay";
+    pool = { max_connections = 8; min_idle = 8; idle_timeout = 3600; max_messages = 0;
+             max_age = 0; };
+  };
 };
 CONF
 mkdir -p "$work/spool"
@@ -205,6 +213,13 @@ if [ -n "$perf_pid" ]; then
     kill -INT "$perf_pid"
     wait "$perf_pid" || true
 fi
+# 3a'. mailpool relay mode to the plaintext sink (relay "plain").
+# shellcheck disable=SC2086
+run_case mpP1 "mailpool relay plaintext, 1 client" "$REPEAT" \
+    $mpload -r plain -c 1 -n "$N" -o "$lat_dir/lat-mpP1"
+# shellcheck disable=SC2086
+run_case mpPN "mailpool relay plaintext, $CLIENTS clients" "$REPEAT" \
+    $mpload -r plain -c "$CLIENTS" -n "$N" -o "$lat_dir/lat-mpPN"
 $helper control -s "$work/control.sock" pool >"$work/pool.json"
 rss - "idle after the load"
 
