@@ -5,6 +5,7 @@
  * the per-phase timeout defaults of RFC 5321 section 4.5.3.2.
  */
 #include "config.h"
+#include "lmtp_parse.h"
 #include "log.h"
 #include "proto.h"
 
@@ -30,6 +31,10 @@
 #define MAX_PASSWORD_FILE 65536
 #define MAX_MESSAGE_SIZE 2147483648LL
 #define DEFAULT_MESSAGE_SIZE 36700160
+/* A message older than a year is not going to be delivered by retrying. */
+#define MAX_QUEUE_LIFETIME (365LL * 86400)
+/* Far beyond any disk, and still far from overflowing a uint64_t. */
+#define MAX_MIN_FREE (1LL << 60)
 
 struct loader {
     const char *path;
@@ -992,7 +997,7 @@ static const char *const daemon_keys[] = {
     "max_clients", "client_timeout", "log_level",      NULL,
 };
 static const char *const daemon_later[] = {"allow", NULL};
-static const char *const top_keys[] = {"daemon", "default_relay", "relays", NULL};
+static const char *const top_keys[] = {"daemon", "default_relay", "relays", "spool", NULL};
 static const char *const top_later[] = {"routes", NULL};
 
 static int read_socket_path(struct loader *ld, const config_setting_t *ds, const char *key,
@@ -1082,6 +1087,75 @@ static int read_daemon(struct loader *ld, const config_setting_t *root, struct c
         return -1;
     ld->scope = "daemon";
     int rc = read_daemon_keys(ld, ds, cfg);
+    ld->scope = NULL;
+    return rc;
+}
+
+/* ---- spool section ------------------------------------------------------ */
+
+static const char *const spool_keys[] = {
+    "min_free",  "max_queue_lifetime", "retry_min",           "retry_max",
+    "bounce_to", "bounce_rate",        "bounce_max_original", NULL,
+};
+
+static int read_spool_keys(struct loader *ld, const config_setting_t *ss, struct spool_config *sp)
+{
+    long long min_free = 64LL * 1024 * 1024;
+    long long lifetime = 432000;
+    long long max_original = 1024 * 1024;
+    sp->retry_min = 60;
+    sp->retry_max = 3600;
+    sp->bounce_rate = 60;
+    sp->bounce_to = NULL;
+    if (!ss)
+        goto out;
+    /*
+     * Small lifetimes and retry delays are allowed on purpose: tests (and an
+     * operator who wants mail to fail fast) need seconds, not hours.
+     */
+    if (get_int(ld, ss, "min_free", "min_free", 0, MAX_MIN_FREE, &min_free) < 0 ||
+        get_int(ld, ss, "max_queue_lifetime", "max_queue_lifetime", 1, MAX_QUEUE_LIFETIME,
+                &lifetime) < 0 ||
+        get_uint(ld, ss, "retry_min", "retry_min", 1, MAX_SECONDS, &sp->retry_min) < 0 ||
+        get_uint(ld, ss, "retry_max", "retry_max", 1, MAX_SECONDS, &sp->retry_max) < 0 ||
+        get_uint(ld, ss, "bounce_rate", "bounce_rate", 1, 1000000, &sp->bounce_rate) < 0 ||
+        get_int(ld, ss, "bounce_max_original", "bounce_max_original", 0, MAX_MESSAGE_SIZE,
+                &max_original) < 0)
+        return -1;
+    if (sp->retry_max < sp->retry_min) {
+        const config_setting_t *s = config_setting_get_member(ss, "retry_max");
+        return fail(ld, s ? s : config_setting_get_member(ss, "retry_min"),
+                    "'retry_max' (%u) is less than 'retry_min' (%u)", sp->retry_max, sp->retry_min);
+    }
+    const char *v = NULL;
+    const config_setting_t *s = NULL;
+    int got = get_string(ld, ss, "bounce_to", "bounce_to", &v, &s);
+    if (got < 0)
+        return -1;
+    if (got) {
+        /* The address goes into RCPT TO as is: no brackets, no display name. */
+        const char *why = addr_check(v, strlen(v), 0);
+        if (why)
+            return fail(ld, s, "'bounce_to' is not a valid address: %s", why);
+        if (!(sp->bounce_to = xstrdup(ld, v)))
+            return -1;
+    }
+out:
+    sp->min_free = (uint64_t)min_free;
+    sp->max_queue_lifetime = (unsigned)lifetime;
+    sp->bounce_max_original = (size_t)max_original;
+    return 0;
+}
+
+static int read_spool(struct loader *ld, const config_setting_t *root, struct config *cfg)
+{
+    config_setting_t *ss;
+    if (get_group(ld, root, "spool", "spool", &ss) < 0)
+        return -1;
+    if (ss && check_keys(ld, ss, spool_keys, NULL, "spool") < 0)
+        return -1;
+    ld->scope = "spool";
+    int rc = read_spool_keys(ld, ss, &cfg->spool);
     ld->scope = NULL;
     return rc;
 }
@@ -1333,7 +1407,8 @@ struct config *config_load(const char *path, char *err, size_t errlen)
     }
     const config_setting_t *root = config_root_setting(&cf);
     if (!(cfg->path = xstrdup(&ld, path)) || check_keys(&ld, root, top_keys, top_later, NULL) < 0 ||
-        read_daemon(&ld, root, cfg) < 0 || read_relays(&ld, root, cfg) < 0 || ld.oom) {
+        read_daemon(&ld, root, cfg) < 0 || read_spool(&ld, root, cfg) < 0 ||
+        read_relays(&ld, root, cfg) < 0 || ld.oom) {
         config_free(cfg);
         cfg = NULL;
     }
@@ -1381,6 +1456,7 @@ void config_free(struct config *cfg)
     free(cfg->submit_socket);
     free(cfg->control_socket);
     free(cfg->spool_dir);
+    free(cfg->spool.bounce_to);
     free(cfg);
 }
 

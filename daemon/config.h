@@ -88,6 +88,17 @@ enum auth_mech {
     AUTH_MECH_OAUTHBEARER = 1u << 5,
 };
 
+/* The spool and queue mode (SPEC section 3). */
+struct spool_config {
+    uint64_t min_free;           /* bytes that must stay free; default 64 MiB */
+    unsigned max_queue_lifetime; /* seconds before a message expires; default 432000 (5 days) */
+    unsigned retry_min;          /* first retry delay, seconds; default 60 */
+    unsigned retry_max;          /* retry delay cap, seconds; default 3600 */
+    char *bounce_to;             /* send every DSN here instead of the sender; NULL: sender */
+    unsigned bounce_rate;        /* DSNs per minute at most; default 60 */
+    size_t bounce_max_original;  /* original included in a DSN up to this size; default 1 MiB */
+};
+
 struct config {
     char *path;
     char *hostname;
@@ -98,6 +109,8 @@ struct config {
     unsigned max_clients;    /* default 1024 */
     unsigned client_timeout; /* seconds a local client may stay silent; default 300 */
     int log_level;           /* enum log_level */
+
+    struct spool_config spool;
 
     struct relay_config *relays;
     size_t nrelays;

@@ -1,7 +1,8 @@
 /*
  * Parser of submission-socket commands: LMTP (RFC 2033) verbs, the
  * MAIL/RCPT path grammar of RFC 5321 4.1.2, the MAIL parameters SIZE
- * (RFC 1870), BODY (RFC 6152), SMTPUTF8 (RFC 6531), XRELAY and XMODE.
+ * (RFC 1870), BODY (RFC 6152), SMTPUTF8 (RFC 6531), XRELAY and XMODE, and
+ * the DSN parameters RET, ENVID, NOTIFY and ORCPT with xtext (RFC 3461).
  *
  * Strictness: exactly one space between verb and argument and between
  * parameters, and angle brackets are required; the one exception is a
@@ -13,6 +14,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "spool.h" /* enum spool_notify, enum spool_ret: declarations only */
 
 enum addr_fault { ADDR_OK = 0, ADDR_SYNTAX, ADDR_TOO_LONG };
 
@@ -295,7 +297,7 @@ static const struct path_errors mail_errors = {
 };
 
 static const struct path_errors rcpt_errors = {
-    "501 5.5.4 Syntax: RCPT TO:<address>",
+    "501 5.5.4 Syntax: RCPT TO:<address> [parameters]",
     "501 5.1.3 Bad recipient address syntax",
     "501 5.1.3 Recipient address too long",
 };
@@ -383,36 +385,138 @@ static int parse_ull(const char *s, size_t n, unsigned long long *v)
     return 0;
 }
 
-enum mail_param { P_SIZE = 1, P_BODY = 2, P_SMTPUTF8 = 4, P_XRELAY = 8, P_XMODE = 16 };
+/* An upper-case hex digit's value, or -1: RFC 3461 xtext allows no lower case. */
+static int xtext_hex(unsigned char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+ssize_t xtext_decode(const char *s, size_t len, char *out, size_t outsize)
+{
+    size_t o = 0;
+
+    if (out != NULL && outsize == 0)
+        return -1;
+    for (size_t i = 0; i < len;) {
+        unsigned char c = (unsigned char)s[i];
+
+        if (c == '+') {
+            int hi;
+            int lo;
+
+            if (len - i < 3)
+                return -1;
+            hi = xtext_hex((unsigned char)s[i + 1]);
+            lo = xtext_hex((unsigned char)s[i + 2]);
+            if (hi < 0 || lo < 0)
+                return -1;
+            c = (unsigned char)(hi << 4 | lo);
+            i += 3;
+        } else if (c < 33 || c > 126 || c == '=') {
+            return -1;
+        } else {
+            i++;
+        }
+        /*
+         * RFC 3461 wants printable US-ASCII before encoding; refusing the
+         * rest here keeps "+0D+0A" from becoming a header line in a DSN.
+         */
+        if (c < 32 || c > 126)
+            return -1;
+        if (out != NULL) {
+            if (o + 1 >= outsize)
+                return -1;
+            out[o] = (char)c;
+        }
+        o++;
+    }
+    if (out != NULL)
+        out[o] = '\0';
+    return (ssize_t)o;
+}
+
+/*
+ * Split one "KEY[=VALUE]" token (RFC 5321 4.1.2 esmtp-keyword and
+ * esmtp-value) and check its shape; *v is NULL when there is no '='.
+ */
+static const char *split_param(const char *t, size_t n, size_t *kl, const char **v, size_t *vl)
+{
+    static const char syntax[] = "501 5.5.2 Syntax error in parameters";
+
+    *kl = 0;
+    *v = NULL;
+    *vl = 0;
+    while (*kl < n && t[*kl] != '=')
+        (*kl)++;
+    if (*kl == 0)
+        return syntax;
+    for (size_t i = 0; i < *kl; i++) {
+        unsigned char c = (unsigned char)t[i];
+        if (!is_alpha(c) && !is_digit(c) && !(c == '-' && i > 0))
+            return syntax;
+    }
+    if (*kl < n) {
+        *v = t + *kl + 1;
+        *vl = n - *kl - 1;
+        if (*vl == 0)
+            return syntax;
+        for (size_t i = 0; i < *vl; i++) {
+            unsigned char c = (unsigned char)(*v)[i];
+            if (c < 33 || c > 126 || c == '=')
+                return syntax;
+        }
+    }
+    return NULL;
+}
+
+/* Run fn on each space-separated parameter token of params[0..n). */
+static const char *each_param(const char *params, size_t n, unsigned *seen, struct lmtp_cmd *cmd,
+                              const char *(*fn)(const char *, size_t, unsigned *,
+                                                struct lmtp_cmd *))
+{
+    size_t i = 0;
+
+    for (;;) {
+        size_t start = i;
+        const char *err;
+
+        while (i < n && params[i] != ' ')
+            i++;
+        err = fn(params + start, i - start, seen, cmd);
+        if (err != NULL)
+            return err;
+        if (i == n)
+            return NULL;
+        i++;
+    }
+}
+
+enum mail_param {
+    P_SIZE = 1,
+    P_BODY = 2,
+    P_SMTPUTF8 = 4,
+    P_XRELAY = 8,
+    P_XMODE = 16,
+    P_RET = 32,
+    P_ENVID = 64,
+};
 
 /* One "KEY[=VALUE]" token of MAIL FROM. */
 static const char *parse_param(const char *t, size_t n, unsigned *seen, struct lmtp_cmd *cmd)
 {
-    size_t kl = 0;
-    const char *v = NULL;
-    size_t vl = 0;
+    size_t kl;
+    const char *v;
+    size_t vl;
     unsigned bit;
+    const char *err;
 
-    while (kl < n && t[kl] != '=')
-        kl++;
-    if (kl == 0)
-        return "501 5.5.2 Syntax error in parameters";
-    for (size_t i = 0; i < kl; i++) {
-        unsigned char c = (unsigned char)t[i];
-        if (!is_alpha(c) && !is_digit(c) && !(c == '-' && i > 0))
-            return "501 5.5.2 Syntax error in parameters";
-    }
-    if (kl < n) {
-        v = t + kl + 1;
-        vl = n - kl - 1;
-        if (vl == 0)
-            return "501 5.5.2 Syntax error in parameters";
-        for (size_t i = 0; i < vl; i++) {
-            unsigned char c = (unsigned char)v[i];
-            if (c < 33 || c > 126 || c == '=')
-                return "501 5.5.2 Syntax error in parameters";
-        }
-    }
+    err = split_param(t, n, &kl, &v, &vl);
+    if (err != NULL)
+        return err;
 
     if (word_eq(t, kl, "SIZE"))
         bit = P_SIZE;
@@ -424,6 +528,10 @@ static const char *parse_param(const char *t, size_t n, unsigned *seen, struct l
         bit = P_XRELAY;
     else if (word_eq(t, kl, MAILPOOL_PARAM_MODE))
         bit = P_XMODE;
+    else if (word_eq(t, kl, "RET"))
+        bit = P_RET;
+    else if (word_eq(t, kl, "ENVID"))
+        bit = P_ENVID;
     else
         return "555 5.5.4 Unsupported MAIL parameter";
     if (*seen & bit)
@@ -460,13 +568,32 @@ static const char *parse_param(const char *t, size_t n, unsigned *seen, struct l
         memcpy(cmd->relay, v, vl);
         cmd->relay[vl] = '\0';
         break;
-    default:
+    case P_XMODE:
         if (v != NULL && word_eq(v, vl, "RELAY"))
             cmd->mode = MODE_RELAY;
         else if (v != NULL && word_eq(v, vl, "QUEUE"))
             cmd->mode = MODE_QUEUE;
         else
             return "501 5.5.4 Invalid XMODE value";
+        break;
+    case P_RET:
+        if (v != NULL && word_eq(v, vl, "FULL"))
+            cmd->ret = SPOOL_RET_FULL;
+        else if (v != NULL && word_eq(v, vl, "HDRS"))
+            cmd->ret = SPOOL_RET_HDRS;
+        else
+            return "501 5.5.4 Invalid RET value";
+        break;
+    default:
+        if (v == NULL)
+            return "501 5.5.4 Invalid ENVID value";
+        if (vl > LMTP_MAX_ENVID)
+            return "501 5.5.4 ENVID too long";
+        if (xtext_decode(v, vl, NULL, 0) < 0)
+            return "501 5.5.4 Invalid ENVID value";
+        /* Kept encoded: it goes back out in the DSN's Original-Envelope-Id as xtext. */
+        memcpy(cmd->envid, v, vl);
+        cmd->envid[vl] = '\0';
         break;
     }
     return NULL;
@@ -486,18 +613,9 @@ static const char *parse_mail(const char *s, size_t n, struct lmtp_cmd *cmd)
         return err;
     /* Parameters first: SMTPUTF8 decides whether the path may be non-ASCII. */
     if (params != NULL) {
-        size_t i = 0;
-        for (;;) {
-            size_t start = i;
-            while (i < paramslen && params[i] != ' ')
-                i++;
-            err = parse_param(params + start, i - start, &seen, cmd);
-            if (err != NULL)
-                return err;
-            if (i == paramslen)
-                break;
-            i++;
-        }
+        err = each_param(params, paramslen, &seen, cmd, parse_param);
+        if (err != NULL)
+            return err;
     }
     if (innerlen == 0) {
         cmd->path[0] = '\0'; /* the null sender */
@@ -506,19 +624,113 @@ static const char *parse_mail(const char *s, size_t n, struct lmtp_cmd *cmd)
     return store_path(inner, innerlen, cmd->smtputf8, &mail_errors, cmd->path);
 }
 
+/* RFC 3461 4.1: "NEVER" alone, or a list of SUCCESS, FAILURE, DELAY, each once. */
+static int parse_notify(const char *v, size_t vl, unsigned *bits)
+{
+    size_t i = 0;
+
+    if (word_eq(v, vl, "NEVER")) {
+        *bits = SPOOL_NOTIFY_NEVER;
+        return 0;
+    }
+    *bits = 0;
+    for (;;) {
+        size_t start = i;
+        unsigned b;
+
+        while (i < vl && v[i] != ',')
+            i++;
+        if (word_eq(v + start, i - start, "SUCCESS"))
+            b = SPOOL_NOTIFY_SUCCESS;
+        else if (word_eq(v + start, i - start, "FAILURE"))
+            b = SPOOL_NOTIFY_FAILURE;
+        else if (word_eq(v + start, i - start, "DELAY"))
+            b = SPOOL_NOTIFY_DELAY;
+        else
+            return -1;
+        if (*bits & b)
+            return -1;
+        *bits |= b;
+        if (i == vl)
+            return 0;
+        i++;
+    }
+}
+
+/* RFC 3461 4.2: addr-type ";" xtext, the address part not empty. */
+static int orcpt_ok(const char *v, size_t vl)
+{
+    size_t i = 0;
+
+    while (i < vl && v[i] != ';') {
+        if (!is_atext((unsigned char)v[i]))
+            return 0;
+        i++;
+    }
+    if (i == 0 || i + 1 >= vl)
+        return 0;
+    return xtext_decode(v + i + 1, vl - i - 1, NULL, 0) > 0;
+}
+
+enum rcpt_param { R_NOTIFY = 1, R_ORCPT = 2 };
+
+/* One "KEY[=VALUE]" token of RCPT TO. */
+static const char *parse_rcpt_param(const char *t, size_t n, unsigned *seen, struct lmtp_cmd *cmd)
+{
+    size_t kl;
+    const char *v;
+    size_t vl;
+    unsigned bit;
+    const char *err;
+
+    err = split_param(t, n, &kl, &v, &vl);
+    if (err != NULL)
+        return err;
+    if (word_eq(t, kl, "NOTIFY"))
+        bit = R_NOTIFY;
+    else if (word_eq(t, kl, "ORCPT"))
+        bit = R_ORCPT;
+    else
+        return "555 5.5.4 Unsupported RCPT parameter";
+    if (*seen & bit)
+        return "501 5.5.4 Duplicate RCPT parameter";
+    *seen |= bit;
+
+    if (bit == R_NOTIFY) {
+        if (v == NULL || parse_notify(v, vl, &cmd->notify) < 0)
+            return "501 5.5.4 Invalid NOTIFY value";
+        return NULL;
+    }
+    if (v == NULL)
+        return "501 5.5.4 Invalid ORCPT value";
+    if (vl > LMTP_MAX_ORCPT)
+        return "501 5.5.4 ORCPT too long";
+    if (!orcpt_ok(v, vl))
+        return "501 5.5.4 Invalid ORCPT value";
+    memcpy(cmd->orcpt, v, vl);
+    cmd->orcpt[vl] = '\0';
+    return NULL;
+}
+
 static const char *parse_rcpt(const char *s, size_t n, struct lmtp_cmd *cmd)
 {
     const char *inner;
     const char *params;
     size_t innerlen;
     size_t paramslen;
+    unsigned seen = 0;
     const char *err;
 
     err = split_path(s, n, "TO:", &rcpt_errors, &inner, &innerlen, &params, &paramslen);
     if (err != NULL)
         return err;
-    if (params != NULL)
-        return paramslen == 0 ? rcpt_errors.syntax : "555 5.5.4 RCPT parameters not supported";
+    if (params != NULL) {
+        if (paramslen == 0)
+            return rcpt_errors.syntax;
+        err = each_param(params, paramslen, &seen, cmd, parse_rcpt_param);
+        if (err != NULL)
+            return err;
+    }
     if (innerlen == 0)
         return "501 5.1.3 Null recipient not allowed";
     /*

@@ -52,6 +52,10 @@ void message_free(struct message *m)
         free(m->rcpts[i]);
         free(m->results[i].text);
     }
+    for (size_t i = 0; i < m->nrcpts && m->dsn; i++)
+        free(m->dsn[i].orcpt);
+    free(m->dsn);
+    free(m->envid);
     free(m->rcpts);
     free(m->results);
     free(m->relay);
@@ -62,6 +66,16 @@ void message_free(struct message *m)
 
 int message_add_rcpt(struct message *m, const char *addr)
 {
+    return message_add_rcpt_dsn(m, addr, 0, NULL);
+}
+
+int message_add_rcpt_dsn(struct message *m, const char *addr, unsigned notify, const char *orcpt)
+{
+    /* Grow all three arrays first; nrcpts only moves once everything is in place. */
+    struct rcpt_dsn *d = realloc(m->dsn, (m->nrcpts + 1) * sizeof(*d));
+    if (d == NULL)
+        return -1;
+    m->dsn = d;
     char **r = realloc(m->rcpts, (m->nrcpts + 1) * sizeof(*r));
     if (r == NULL)
         return -1;
@@ -71,9 +85,15 @@ int message_add_rcpt(struct message *m, const char *addr)
         return -1;
     m->results = res;
     char *copy = strdup(addr);
-    if (copy == NULL)
+    char *ocopy = orcpt && orcpt[0] ? strdup(orcpt) : NULL;
+    if (copy == NULL || (orcpt && orcpt[0] && ocopy == NULL)) {
+        free(copy);
+        free(ocopy);
         return -1;
+    }
     m->rcpts[m->nrcpts] = copy;
+    d[m->nrcpts].notify = notify;
+    d[m->nrcpts].orcpt = ocopy;
     memset(&m->results[m->nrcpts], 0, sizeof(*res));
     m->nrcpts++;
     return 0;

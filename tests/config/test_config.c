@@ -716,6 +716,135 @@ static void group_types(void)
     RUN(types_cases);
 }
 
+/* ---- config_spool --------------------------------------------------------- */
+
+#define RELAY_ONLY "\nrelays = { r = { hosts = [\"h\"]; }; };"
+
+static void chk_spool_defaults(const struct config *cfg)
+{
+    const struct spool_config *sp = &cfg->spool;
+    CHECK(sp->min_free == 64u * 1024 * 1024);
+    CHECK(sp->max_queue_lifetime == 432000);
+    CHECK(sp->retry_min == 60);
+    CHECK(sp->retry_max == 3600);
+    CHECK(sp->bounce_to == NULL);
+    CHECK(sp->bounce_rate == 60);
+    CHECK(sp->bounce_max_original == 1024 * 1024);
+}
+
+static void chk_spool_explicit(const struct config *cfg)
+{
+    const struct spool_config *sp = &cfg->spool;
+    CHECK(sp->min_free == 10000000000ULL);
+    CHECK(sp->max_queue_lifetime == 5);
+    CHECK(sp->retry_min == 1);
+    CHECK(sp->retry_max == 2);
+    CHECK_STR(sp->bounce_to, "ops@example.com");
+    CHECK(sp->bounce_rate == 3);
+    CHECK(sp->bounce_max_original == 0);
+}
+
+static void chk_spool_limits(const struct config *cfg)
+{
+    const struct spool_config *sp = &cfg->spool;
+    CHECK(sp->min_free == 0);
+    CHECK(sp->max_queue_lifetime == 365u * 86400);
+    CHECK(sp->retry_min == 86400 && sp->retry_max == 86400);
+    CHECK(sp->bounce_max_original == 2147483648u);
+    CHECK_STR(sp->bounce_to, "postmaster");
+}
+
+static void chk_spool_small_int64(const struct config *cfg)
+{
+    CHECK(cfg->spool.min_free == 1048576);
+    CHECK(cfg->spool.bounce_max_original == 4096);
+    CHECK(cfg->spool.retry_min == 600 && cfg->spool.retry_max == 3600);
+}
+
+static const struct tcase spool_cases[] = {
+    {"no spool section", "relays = { r = { hosts = [\"h\"]; }; };", .check = chk_spool_defaults},
+    {"empty spool section", "spool = { };" RELAY_ONLY, .check = chk_spool_defaults},
+    {"explicit values",
+     "spool = {\n min_free = 10000000000L; max_queue_lifetime = 5; retry_min = 1;\n"
+     " retry_max = 2; bounce_to = \"ops@example.com\"; bounce_rate = 3;\n"
+     " bounce_max_original = 0; };" RELAY_ONLY,
+     .check = chk_spool_explicit},
+    {"limits",
+     "spool = { min_free = 0; max_queue_lifetime = 31536000; retry_min = 86400;\n"
+     " retry_max = 86400; bounce_max_original = 2147483648L; bounce_to = \"postmaster\"; "
+     "};" RELAY_ONLY,
+     .check = chk_spool_limits},
+    {"L suffix on small values, retry_min alone",
+     "spool = { min_free = 1048576L; bounce_max_original = 4096L; retry_min = 600; };" RELAY_ONLY,
+     .check = chk_spool_small_int64},
+    {"min_free wide without L", "spool = {\n min_free = 10000000000; };" RELAY_ONLY,
+     ERR("does not fit in 32 bits", 2)},
+    {"min_free negative", "spool = {\n min_free = -1; };" RELAY_ONLY,
+     ERR("spool: 'min_free' must not be negative", 2)},
+    {"min_free not an integer", "spool = {\n min_free = 1.5; };" RELAY_ONLY,
+     ERR("'min_free' must be an integer, not a decimal number", 2)},
+    {"min_free as a string", "spool = {\n min_free = \"64M\"; };" RELAY_ONLY,
+     ERR("'min_free' must be an integer, not a string", 2)},
+    {"max_queue_lifetime 0", "spool = {\n max_queue_lifetime = 0; };" RELAY_ONLY,
+     ERR("'max_queue_lifetime' must be between 1 and 31536000", 2)},
+    {"max_queue_lifetime over a year", "spool = {\n max_queue_lifetime = 31536001; };" RELAY_ONLY,
+     ERR("'max_queue_lifetime' must be between 1 and 31536000", 2)},
+    {"retry_min 0", "spool = {\n retry_min = 0; };" RELAY_ONLY,
+     ERR("'retry_min' must be between 1 and 86400", 2)},
+    {"retry_max over a day", "spool = {\n retry_max = 86401; };" RELAY_ONLY,
+     ERR("'retry_max' must be between 1 and 86400", 2)},
+    {"retry_max below retry_min", "spool = { retry_min = 600;\n retry_max = 60; };" RELAY_ONLY,
+     ERR("'retry_max' (60) is less than 'retry_min' (600)", 2)},
+    {"retry_min above the default retry_max", "spool = {\n retry_min = 7200; };" RELAY_ONLY,
+     ERR("'retry_max' (3600) is less than 'retry_min' (7200)", 2)},
+    {"bounce_rate 0", "spool = {\n bounce_rate = 0; };" RELAY_ONLY,
+     ERR("'bounce_rate' must be between 1 and", 2)},
+    {"bounce_max_original over 2 GiB",
+     "spool = {\n bounce_max_original = 2147483649L; };" RELAY_ONLY,
+     ERR("'bounce_max_original' must be between 0 and 2147483648", 2)},
+    {"bounce_max_original negative", "spool = {\n bounce_max_original = -5; };" RELAY_ONLY,
+     ERR("'bounce_max_original' must not be negative", 2)},
+    {"bounce_to empty", "spool = {\n bounce_to = \"\"; };" RELAY_ONLY,
+     ERR("'bounce_to' must not be empty", 2)},
+    {"bounce_to not a string", "spool = {\n bounce_to = 5; };" RELAY_ONLY,
+     ERR("'bounce_to' must be a string, not an integer", 2)},
+    {"bounce_to with brackets", "spool = {\n bounce_to = \"<ops@example.com>\"; };" RELAY_ONLY,
+     ERR("'bounce_to' is not a valid address", 2)},
+    {"bounce_to with a display name",
+     "spool = {\n bounce_to = \"Ops <ops@example.com>\"; };" RELAY_ONLY,
+     ERR("'bounce_to' is not a valid address", 2)},
+    {"bounce_to two addresses",
+     "spool = {\n bounce_to = \"a@example.com,b@example.com\"; };" RELAY_ONLY,
+     ERR("'bounce_to' is not a valid address", 2)},
+    {"bounce_to CRLF",
+     "spool = {\n bounce_to = \"ops@example.com\\r\\nRCPT TO:<x@y>\"; };" RELAY_ONLY,
+     ERR("'bounce_to' is not a valid address", 2)},
+    {"bounce_to double @", "spool = {\n bounce_to = \"a@b@example.com\"; };" RELAY_ONLY,
+     ERR("'bounce_to' is not a valid address", 2)},
+    {"bounce_to UTF-8", "spool = {\n bounce_to = \"j\xc3\xb6rg@example.com\"; };" RELAY_ONLY,
+     ERR("'bounce_to' is not a valid address", 2)},
+    {"bounce_to local part too long",
+     "spool = {\n bounce_to = "
+     "\"llllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllx@example.com\"; "
+     "};" RELAY_ONLY,
+     ERR("'bounce_to' is not a valid address: local part too long", 2)},
+    {"misspelt key", "spool = {\n retry_mn = 5; };" RELAY_ONLY,
+     ERR("unknown key 'retry_mn' in spool (did you mean 'retry_min'?)", 2)},
+    {"spool not a group", "spool = 5;" RELAY_ONLY, ERR("'spool' must be a group", 1)},
+    {"spool inside daemon", "daemon = {\n spool = { }; };" RELAY_ONLY,
+     ERR("unknown key 'spool' in daemon", 2)},
+    /* bounce_to is allocated before the relays fail to load: freed, not leaked (ASan). */
+    {"bounce_to then a bad relay",
+     "spool = { bounce_to = \"ops@example.com\"; };\nrelays = { r = {\n hosts = [\"h:99999\"]; "
+     "}; };",
+     ERR("port", 3)},
+};
+
+static void group_spool(void)
+{
+    RUN(spool_cases);
+}
+
 /* ---- config_defaults ------------------------------------------------------ */
 
 static void chk_defaults(const struct config *cfg)
@@ -734,6 +863,7 @@ static void chk_defaults(const struct config *cfg)
     CHECK(cfg->log_level == LOG_LVL_INFO);
     CHECK(cfg->nrelays == 1);
     CHECK(cfg->default_relay == 0);
+    chk_spool_defaults(cfg);
 
     const struct relay_config *r = &cfg->relays[0];
     CHECK_STR(r->name, "only");
@@ -906,6 +1036,45 @@ static int line_of(const char *text, const char *needle)
     return line;
 }
 
+/*
+ * Remove the leading "# " from every line from the one starting with `first`
+ * to the next one starting with `last`.  NULL when the block is not there.
+ */
+static char *uncomment_block(const char *text, const char *first, const char *last)
+{
+    const char *b = strstr(text, first);
+    if (!b || (b != text && b[-1] != '\n'))
+        return NULL;
+    char *out = malloc(strlen(text) + 1);
+    if (!out)
+        abort();
+    size_t o = (size_t)(b - text);
+    memcpy(out, text, o);
+    const char *p = b;
+    int done = 0;
+    while (*p) {
+        const char *eol = strchr(p, '\n');
+        size_t len = eol ? (size_t)(eol - p + 1) : strlen(p);
+        int in_block = !done;
+        if (in_block && strncmp(p, last, strlen(last)) == 0)
+            done = 1;
+        if (in_block && strncmp(p, "# ", 2) == 0) {
+            memcpy(out + o, p + 2, len - 2);
+            o += len - 2;
+        } else {
+            memcpy(out + o, p, len);
+            o += len;
+        }
+        p += len;
+    }
+    out[o] = '\0';
+    if (!done) {
+        free(out);
+        return NULL;
+    }
+    return out;
+}
+
 static void group_example(void)
 {
     char src[PATH_MAX + 64], path[PATH_MAX + 64], pw[PATH_MAX + 64], err[1024];
@@ -943,15 +1112,16 @@ static void group_example(void)
     char *t2 = substitute(t, "/etc/mailpool/smarthost.pass", pw);
     free(t);
     write_file("example.conf", t2, 0644);
-    free(t2);
     check_case = "example with a password file";
     cfg = config_load(path, err, sizeof(err));
     if (!cfg) {
         fprintf(stderr, "[example] does not load: %s\n", err);
         check_failures++;
+        free(t2);
         free(text);
         return;
     }
+    chk_spool_defaults(cfg);
     CHECK(cfg->nrelays == 2);
     CHECK(cfg->max_message_size == 36700160);
     CHECK(cfg->log_level == LOG_LVL_INFO);
@@ -978,6 +1148,25 @@ static void group_example(void)
         CHECK(lab->pool.max_connections == 2);
     }
     config_free(cfg);
+
+    /* The commented spool block, switched on, must load and state the real defaults. */
+    check_case = "example spool block uncommented";
+    char *t3 = uncomment_block(t2, "# spool = {", "# };");
+    CHECK(t3 != NULL);
+    if (t3) {
+        CHECK(strstr(t3, "\nspool = {\n") != NULL);
+        write_file("example.conf", t3, 0644);
+        cfg = config_load(path, err, sizeof(err));
+        if (!cfg) {
+            fprintf(stderr, "[example spool] does not load: %s\n", err);
+            check_failures++;
+        } else {
+            chk_spool_defaults(cfg);
+        }
+        config_free(cfg);
+        free(t3);
+    }
+    free(t2);
     free(text);
     check_case = NULL;
 }
@@ -1146,6 +1335,7 @@ int main(int argc, char **argv)
         {"example", group_example},
         {"syntax", group_syntax},
         {"check", group_check},
+        {"spool", group_spool},
     };
     if (argc > 2)
         source_dir = argv[2];

@@ -9,6 +9,7 @@
 #include "check.h"
 #include "config.h"
 #include "lmtp_parse.h"
+#include "spool.h"
 
 #define S(lit) lit, sizeof(lit) - 1
 
@@ -181,8 +182,13 @@ static void test_rcpt(void)
         {"null recipient", S("RCPT TO:<>"), "501 5.1.3", 0, NULL},
         {"null recipient, space", S("RCPT TO: <>"), "501 5.1.3", 0, NULL},
         {"postmaster", S("RCPT TO:<Postmaster>"), NULL, LMTP_RCPT, "Postmaster"},
-        {"DSN parameter", S("RCPT TO:<b@example.com> NOTIFY=NEVER"), "555 5.5.4", 0, NULL},
-        {"ORCPT", S("RCPT TO:<b@example.com> ORCPT=rfc822;b@example.com"), "555", 0, NULL},
+        {"DSN parameter", S("RCPT TO:<b@example.com> NOTIFY=NEVER"), NULL, LMTP_RCPT,
+         "b@example.com"},
+        {"ORCPT", S("RCPT TO:<b@example.com> ORCPT=rfc822;b@example.com"), NULL, LMTP_RCPT,
+         "b@example.com"},
+        {"unknown parameter", S("RCPT TO:<b@example.com> FOO=bar"), "555 5.5.4", 0, NULL},
+        {"parameter after bad path", S("RCPT TO:<b@@example.com> NOTIFY=NEVER"), "501 5.1.3", 0,
+         NULL},
         {"trailing space", S("RCPT TO:<b@example.com> "), "501 5.5.4", 0, NULL},
         {"FROM instead of TO", S("RCPT FROM:<b@example.com>"), "501 5.5.4", 0, NULL},
         {"no argument", S("RCPT"), "501 5.5.4", 0, NULL},
@@ -296,8 +302,9 @@ static void test_params(void)
          BODY_8BITMIME, 1, "ses", MODE_RELAY},
         {"unknown", " FOO=bar", "555 5.5.4", 0, 0, 0, 0, "", -1},
         {"unknown keyword only", " FOO", "555 5.5.4", 0, 0, 0, 0, "", -1},
-        {"DSN RET", " RET=HDRS", "555 5.5.4", 0, 0, 0, 0, "", -1},
-        {"DSN ENVID", " ENVID=abc", "555 5.5.4", 0, 0, 0, 0, "", -1},
+        {"DSN RET", " RET=HDRS", NULL, 0, 0, BODY_7BIT, 0, "", -1},
+        {"DSN ENVID", " ENVID=abc", NULL, 0, 0, BODY_7BIT, 0, "", -1},
+        {"DSN RCPT parameter on MAIL", " NOTIFY=NEVER", "555 5.5.4", 0, 0, 0, 0, "", -1},
         {"AUTH", " AUTH=<>", "555 5.5.4", 0, 0, 0, 0, "", -1},
         {"unknown after good", " SIZE=1 FOO=1", "555 5.5.4", 0, 0, 0, 0, "", -1},
         {"duplicate SIZE", " SIZE=1 SIZE=2", "501 5.5.4", 0, 0, 0, 0, "", -1},
@@ -530,11 +537,331 @@ static void test_addr(void)
     check_case = NULL;
 }
 
+/* DSN parameters (RFC 3461): what each stores, and what gets 501 or 555. */
+static void test_dsn(void)
+{
+    enum {
+        NEVER = SPOOL_NOTIFY_NEVER,
+        SUCCESS = SPOOL_NOTIFY_SUCCESS,
+        FAILURE = SPOOL_NOTIFY_FAILURE,
+        DELAY = SPOOL_NOTIFY_DELAY,
+        FULL = SPOOL_RET_FULL,
+        HDRS = SPOOL_RET_HDRS,
+    };
+    static const struct {
+        const char *name;
+        const char *line;
+        const char *err; /* expected reply prefix, NULL when accepted */
+        int ret;
+        const char *envid;
+        unsigned notify;
+        const char *orcpt;
+    } rows[] = {
+        /* MAIL: RET */
+        {"RET FULL", "MAIL FROM:<a@example.com> RET=FULL", NULL, FULL, "", 0, ""},
+        {"RET HDRS lower case", "mail from:<a@example.com> ret=hdrs", NULL, HDRS, "", 0, ""},
+        {"RET mixed case", "MAIL FROM:<a@example.com> Ret=Full", NULL, FULL, "", 0, ""},
+        {"RET null sender", "MAIL FROM:<> RET=HDRS", NULL, HDRS, "", 0, ""},
+        {"RET other", "MAIL FROM:<a@example.com> RET=NONE", "501 5.5.4", 0, "", 0, ""},
+        {"RET prefix", "MAIL FROM:<a@example.com> RET=FUL", "501 5.5.4", 0, "", 0, ""},
+        {"RET longer", "MAIL FROM:<a@example.com> RET=FULLX", "501 5.5.4", 0, "", 0, ""},
+        {"RET no value", "MAIL FROM:<a@example.com> RET", "501 5.5.4", 0, "", 0, ""},
+        {"RET empty value", "MAIL FROM:<a@example.com> RET=", "501 5.5.2", 0, "", 0, ""},
+        {"RET duplicate", "MAIL FROM:<a@example.com> RET=FULL RET=HDRS", "501 5.5.4", 0, "", 0, ""},
+        {"RET duplicate any case", "MAIL FROM:<a@example.com> RET=FULL ret=FULL", "501 5.5.4", 0,
+         "", 0, ""},
+        /* MAIL: ENVID */
+        {"ENVID", "MAIL FROM:<a@example.com> ENVID=QQ314159", NULL, 0, "QQ314159", 0, ""},
+        {"ENVID lower-case keyword", "MAIL FROM:<a@example.com> envid=x", NULL, 0, "x", 0, ""},
+        {"ENVID kept encoded", "MAIL FROM:<a@example.com> ENVID=a+2Bb+3Dc+20d", NULL, 0,
+         "a+2Bb+3Dc+20d", 0, ""},
+        {"ENVID punctuation", "MAIL FROM:<a@example.com> ENVID=<id@host>!~", NULL, 0, "<id@host>!~",
+         0, ""},
+        {"ENVID lower-case hex", "MAIL FROM:<a@example.com> ENVID=a+2b", "501 5.5.4", 0, "", 0, ""},
+        {"ENVID bare plus", "MAIL FROM:<a@example.com> ENVID=a+", "501 5.5.4", 0, "", 0, ""},
+        {"ENVID short escape", "MAIL FROM:<a@example.com> ENVID=a+2", "501 5.5.4", 0, "", 0, ""},
+        {"ENVID non-hex escape", "MAIL FROM:<a@example.com> ENVID=a+G1", "501 5.5.4", 0, "", 0, ""},
+        {"ENVID CRLF escape", "MAIL FROM:<a@example.com> ENVID=a+0D+0ABcc:+20x", "501 5.5.4", 0, "",
+         0, ""},
+        {"ENVID NUL escape", "MAIL FROM:<a@example.com> ENVID=a+00", "501 5.5.4", 0, "", 0, ""},
+        {"ENVID ESC escape", "MAIL FROM:<a@example.com> ENVID=+1B[2J", "501 5.5.4", 0, "", 0, ""},
+        {"ENVID DEL escape", "MAIL FROM:<a@example.com> ENVID=+7F", "501 5.5.4", 0, "", 0, ""},
+        {"ENVID 8-bit escape", "MAIL FROM:<a@example.com> ENVID=+C3+A9", "501 5.5.4", 0, "", 0, ""},
+        {"ENVID raw 8-bit", "MAIL FROM:<a@example.com> ENVID=\xc3\xa9", "501 5.5.2", 0, "", 0, ""},
+        {"ENVID raw equals", "MAIL FROM:<a@example.com> ENVID=a=b", "501 5.5.2", 0, "", 0, ""},
+        {"ENVID no value", "MAIL FROM:<a@example.com> ENVID", "501 5.5.4", 0, "", 0, ""},
+        {"ENVID empty", "MAIL FROM:<a@example.com> ENVID=", "501 5.5.2", 0, "", 0, ""},
+        {"ENVID duplicate", "MAIL FROM:<a@example.com> ENVID=a ENVID=a", "501 5.5.4", 0, "", 0, ""},
+        {"MAIL all", "MAIL FROM:<a@example.com> SIZE=5 RET=HDRS ENVID=e1 XMODE=queue", NULL, HDRS,
+         "e1", 0, ""},
+        {"NOTIFY on MAIL", "MAIL FROM:<a@example.com> NOTIFY=NEVER", "555 5.5.4", 0, "", 0, ""},
+        {"ORCPT on MAIL", "MAIL FROM:<a@example.com> ORCPT=rfc822;a@example.com", "555 5.5.4", 0,
+         "", 0, ""},
+        /* RCPT: NOTIFY */
+        {"NOTIFY NEVER", "RCPT TO:<b@example.com> NOTIFY=NEVER", NULL, 0, "", NEVER, ""},
+        {"notify never", "rcpt to:<b@example.com> notify=never", NULL, 0, "", NEVER, ""},
+        {"NOTIFY SUCCESS", "RCPT TO:<b@example.com> NOTIFY=SUCCESS", NULL, 0, "", SUCCESS, ""},
+        {"NOTIFY FAILURE", "RCPT TO:<b@example.com> NOTIFY=FAILURE", NULL, 0, "", FAILURE, ""},
+        {"NOTIFY DELAY", "RCPT TO:<b@example.com> NOTIFY=DELAY", NULL, 0, "", DELAY, ""},
+        {"NOTIFY all three", "RCPT TO:<b@example.com> NOTIFY=SUCCESS,FAILURE,DELAY", NULL, 0, "",
+         SUCCESS | FAILURE | DELAY, ""},
+        {"NOTIFY any order and case", "RCPT TO:<b@example.com> NOTIFY=delay,Failure", NULL, 0, "",
+         FAILURE | DELAY, ""},
+        {"NOTIFY NEVER in a list", "RCPT TO:<b@example.com> NOTIFY=NEVER,SUCCESS", "501 5.5.4", 0,
+         "", 0, ""},
+        {"NOTIFY NEVER last", "RCPT TO:<b@example.com> NOTIFY=FAILURE,NEVER", "501 5.5.4", 0, "", 0,
+         ""},
+        {"NOTIFY repeated element", "RCPT TO:<b@example.com> NOTIFY=SUCCESS,SUCCESS", "501 5.5.4",
+         0, "", 0, ""},
+        {"NOTIFY trailing comma", "RCPT TO:<b@example.com> NOTIFY=SUCCESS,", "501 5.5.4", 0, "", 0,
+         ""},
+        {"NOTIFY leading comma", "RCPT TO:<b@example.com> NOTIFY=,SUCCESS", "501 5.5.4", 0, "", 0,
+         ""},
+        {"NOTIFY empty element", "RCPT TO:<b@example.com> NOTIFY=SUCCESS,,DELAY", "501 5.5.4", 0,
+         "", 0, ""},
+        {"NOTIFY unknown", "RCPT TO:<b@example.com> NOTIFY=ALWAYS", "501 5.5.4", 0, "", 0, ""},
+        {"NOTIFY prefix", "RCPT TO:<b@example.com> NOTIFY=SUCC", "501 5.5.4", 0, "", 0, ""},
+        {"NOTIFY no value", "RCPT TO:<b@example.com> NOTIFY", "501 5.5.4", 0, "", 0, ""},
+        {"NOTIFY empty", "RCPT TO:<b@example.com> NOTIFY=", "501 5.5.2", 0, "", 0, ""},
+        {"NOTIFY duplicate", "RCPT TO:<b@example.com> NOTIFY=NEVER NOTIFY=NEVER", "501 5.5.4", 0,
+         "", 0, ""},
+        /* RCPT: ORCPT */
+        {"ORCPT", "RCPT TO:<b@example.com> ORCPT=rfc822;b@example.com", NULL, 0, "", 0,
+         "rfc822;b@example.com"},
+        {"ORCPT kept encoded", "RCPT TO:<b@example.com> ORCPT=RFC822;b+2Bx@example.com", NULL, 0,
+         "", 0, "RFC822;b+2Bx@example.com"},
+        {"ORCPT other type", "RCPT TO:<b@example.com> ORCPT=utf-8;b@example.com", NULL, 0, "", 0,
+         "utf-8;b@example.com"},
+        {"ORCPT without type", "RCPT TO:<b@example.com> ORCPT=b@example.com", "501 5.5.4", 0, "", 0,
+         ""},
+        {"ORCPT empty type", "RCPT TO:<b@example.com> ORCPT=;b@example.com", "501 5.5.4", 0, "", 0,
+         ""},
+        {"ORCPT empty address", "RCPT TO:<b@example.com> ORCPT=rfc822;", "501 5.5.4", 0, "", 0, ""},
+        {"ORCPT bad type", "RCPT TO:<b@example.com> ORCPT=rf(c;b@example.com", "501 5.5.4", 0, "",
+         0, ""},
+        {"ORCPT header injection",
+         "RCPT TO:<b@example.com> ORCPT=rfc822;b@example.com+0D+0AX-Evil:+20y", "501 5.5.4", 0, "",
+         0, ""},
+        {"ORCPT lower-case hex", "RCPT TO:<b@example.com> ORCPT=rfc822;b+2bx@example.com",
+         "501 5.5.4", 0, "", 0, ""},
+        {"ORCPT short escape", "RCPT TO:<b@example.com> ORCPT=rfc822;b@example.com+4", "501 5.5.4",
+         0, "", 0, ""},
+        {"ORCPT no value", "RCPT TO:<b@example.com> ORCPT", "501 5.5.4", 0, "", 0, ""},
+        {"ORCPT duplicate",
+         "RCPT TO:<b@example.com> ORCPT=rfc822;b@example.com ORCPT=rfc822;b@example.com",
+         "501 5.5.4", 0, "", 0, ""},
+        {"NOTIFY and ORCPT",
+         "RCPT TO:<b@example.com> NOTIFY=FAILURE,DELAY ORCPT=rfc822;c@example.com", NULL, 0, "",
+         FAILURE | DELAY, "rfc822;c@example.com"},
+        {"ORCPT and NOTIFY", "RCPT TO:<b@example.com> ORCPT=rfc822;c@example.com NOTIFY=NEVER",
+         NULL, 0, "", NEVER, "rfc822;c@example.com"},
+        {"RET on RCPT", "RCPT TO:<b@example.com> RET=FULL", "555 5.5.4", 0, "", 0, ""},
+        {"unknown after good", "RCPT TO:<b@example.com> NOTIFY=NEVER FOO=1", "555 5.5.4", 0, "", 0,
+         ""},
+        {"double space", "RCPT TO:<b@example.com> NOTIFY=NEVER  ORCPT=rfc822;b@example.com",
+         "501 5.5.2", 0, "", 0, ""},
+        {"trailing space after parameter", "RCPT TO:<b@example.com> NOTIFY=NEVER ", "501 5.5.2", 0,
+         "", 0, ""},
+        {"null recipient with NOTIFY", "RCPT TO:<> NOTIFY=NEVER", "501 5.1.3", 0, "", 0, ""},
+        {"space after TO: with NOTIFY", "RCPT TO: <b@example.com> NOTIFY=SUCCESS", NULL, 0, "",
+         SUCCESS, ""},
+    };
+    struct lmtp_cmd *cmd = malloc(sizeof(*cmd));
+    char *line = malloc(MAILPOOL_MAX_COMMAND_LINE + 2);
+    int n;
+
+    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+        const char *err;
+
+        check_case = rows[i].name;
+        err = lmtp_parse_command(rows[i].line, strlen(rows[i].line), cmd);
+        if (rows[i].err != NULL) {
+            CHECK(err != NULL && strncmp(err, rows[i].err, strlen(rows[i].err)) == 0);
+            if (err != NULL && strncmp(err, rows[i].err, strlen(rows[i].err)) != 0)
+                fprintf(stderr, "  got \"%s\"\n", err);
+            continue;
+        }
+        CHECK_STR(err, NULL);
+        if (err != NULL)
+            continue;
+        CHECK(cmd->ret == rows[i].ret);
+        CHECK_STR(cmd->envid, rows[i].envid);
+        CHECK(cmd->notify == rows[i].notify);
+        CHECK_STR(cmd->orcpt, rows[i].orcpt);
+    }
+
+    /* Limits: ENVID 100 and ORCPT 500 characters pass, one more is a 501, never a cut. */
+    check_case = "ENVID 100";
+    n = snprintf(line, MAILPOOL_MAX_COMMAND_LINE + 2, "MAIL FROM:<a@example.com> ENVID=%0100d", 7);
+    CHECK_STR(lmtp_parse_command(line, (size_t)n, cmd), NULL);
+    CHECK(strlen(cmd->envid) == LMTP_MAX_ENVID);
+    check_case = "ENVID 101";
+    n = snprintf(line, MAILPOOL_MAX_COMMAND_LINE + 2, "MAIL FROM:<a@example.com> ENVID=%0101d", 7);
+    CHECK_STR(lmtp_parse_command(line, (size_t)n, cmd), "501 5.5.4 ENVID too long");
+    check_case = "ORCPT 500";
+    n = snprintf(line, MAILPOOL_MAX_COMMAND_LINE + 2, "RCPT TO:<b@example.com> ORCPT=rfc822;%0493d",
+                 7);
+    CHECK_STR(lmtp_parse_command(line, (size_t)n, cmd), NULL);
+    CHECK(strlen(cmd->orcpt) == LMTP_MAX_ORCPT);
+    check_case = "ORCPT 501";
+    n = snprintf(line, MAILPOOL_MAX_COMMAND_LINE + 2, "RCPT TO:<b@example.com> ORCPT=rfc822;%0494d",
+                 7);
+    CHECK_STR(lmtp_parse_command(line, (size_t)n, cmd), "501 5.5.4 ORCPT too long");
+    check_case = "ORCPT 1500";
+    n = snprintf(line, MAILPOOL_MAX_COMMAND_LINE + 2,
+                 "RCPT TO:<b@example.com> ORCPT=rfc822;%01493d", 7);
+    CHECK_STR(lmtp_parse_command(line, (size_t)n, cmd), "501 5.5.4 ORCPT too long");
+
+    /* Fields of a previous command never leak into the next. */
+    check_case = "DSN reset between commands";
+    CHECK_STR(lmtp_parse_command(S("MAIL FROM:<a@example.com> RET=FULL ENVID=x"), cmd), NULL);
+    CHECK(cmd->ret == FULL);
+    CHECK_STR(lmtp_parse_command(S("MAIL FROM:<a@example.com>"), cmd), NULL);
+    CHECK(cmd->ret == 0 && cmd->envid[0] == '\0');
+    CHECK_STR(lmtp_parse_command(S("RCPT TO:<b@example.com> NOTIFY=NEVER ORCPT=rfc822;x"), cmd),
+              NULL);
+    CHECK(cmd->notify == NEVER);
+    CHECK_STR(lmtp_parse_command(S("RCPT TO:<b@example.com>"), cmd), NULL);
+    CHECK(cmd->notify == 0 && cmd->orcpt[0] == '\0');
+    check_case = "DSN left untouched by a refused command";
+    CHECK(lmtp_parse_command(S("RCPT TO:<b@example.com> NOTIFY=NEVER ORCPT=x"), cmd) != NULL);
+    CHECK(cmd->orcpt[0] == '\0');
+    check_case = NULL;
+    free(line);
+    free(cmd);
+}
+
+/* Encode bytes as xtext the way a client would, to round-trip through the decoder. */
+static size_t xtext_encode(const unsigned char *in, size_t n, char *out)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t o = 0;
+
+    for (size_t i = 0; i < n; i++) {
+        if (in[i] < 33 || in[i] > 126 || in[i] == '+' || in[i] == '=') {
+            out[o++] = '+';
+            out[o++] = hex[in[i] >> 4];
+            out[o++] = hex[in[i] & 15];
+        } else {
+            out[o++] = (char)in[i];
+        }
+    }
+    out[o] = '\0';
+    return o;
+}
+
+static void test_xtext(void)
+{
+    static const struct {
+        const char *name;
+        const char *in;
+        size_t len;
+        const char *want; /* NULL: refused */
+    } rows[] = {
+        {"empty", S(""), ""},
+        {"plain", S("abc"), "abc"},
+        {"every plain xchar", S("!\"#$%&'()*,-./09:;<>?@AZ[\\]^_`az{|}~"),
+         "!\"#$%&'()*,-./09:;<>?@AZ[\\]^_`az{|}~"},
+        {"plus", S("+2B"), "+"},
+        {"equals", S("+3D"), "="},
+        {"space", S("a+20b"), "a b"},
+        {"needless escapes", S("+41+42c"), "ABc"},
+        {"tilde escaped", S("+7E"), "~"},
+        {"ORCPT address", S("user+2Btag@example.com"), "user+tag@example.com"},
+        {"lower-case hex", S("+2b"), NULL},
+        {"lower-case first digit", S("+aA"), NULL},
+        {"bare plus", S("+"), NULL},
+        {"one digit", S("+2"), NULL},
+        {"plus at end", S("abc+"), NULL},
+        {"non-hex", S("+G0"), NULL},
+        {"plus plus", S("++2B"), NULL},
+        {"raw equals", S("a=b"), NULL},
+        {"raw space", S("a b"), NULL},
+        {"raw tab", S("a\tb"), NULL},
+        {"raw DEL", S("a\x7f"), NULL},
+        {"raw NUL", S("a\0b"), NULL},
+        {"raw 8-bit", S("\xc3\xa9"), NULL},
+        {"CRLF", S("+0D+0A"), NULL},
+        {"NUL", S("a+00b"), NULL},
+        {"tab", S("+09"), NULL},
+        {"ESC", S("+1B[31m"), NULL},
+        {"DEL", S("+7F"), NULL},
+        {"high", S("+80"), NULL},
+        {"FF", S("+FF"), NULL},
+    };
+    char out[64];
+    char enc[3 * 200 + 1];
+    unsigned char raw[200];
+    char dec[201];
+
+    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
+        ssize_t r;
+
+        check_case = rows[i].name;
+        memset(out, 'Z', sizeof(out));
+        r = xtext_decode(rows[i].in, rows[i].len, out, sizeof(out));
+        if (rows[i].want == NULL) {
+            CHECK(r == -1);
+            CHECK(xtext_decode(rows[i].in, rows[i].len, NULL, 0) == -1);
+            continue;
+        }
+        CHECK(r == (ssize_t)strlen(rows[i].want));
+        CHECK_STR(r >= 0 ? out : NULL, rows[i].want);
+        /* Validation only: same answer without an output buffer. */
+        CHECK(xtext_decode(rows[i].in, rows[i].len, NULL, 0) == r);
+        /* The input length bounds the output: len + 1 bytes are enough. */
+        CHECK(xtext_decode(rows[i].in, rows[i].len, out, rows[i].len + 1) == r);
+    }
+
+    /* Output too small: refused, never truncated, never written past outsize. */
+    check_case = "exact buffer";
+    memset(out, 'Z', sizeof(out));
+    CHECK(xtext_decode(S("a+2Bb"), out, 4) == 3);
+    CHECK_STR(out, "a+b");
+    check_case = "buffer one short";
+    memset(out, 'Z', sizeof(out));
+    CHECK(xtext_decode(S("a+2Bb"), out, 3) == -1);
+    CHECK(out[3] == 'Z');
+    check_case = "zero-size buffer";
+    CHECK(xtext_decode(S(""), out, 0) == -1);
+    check_case = "empty into one byte";
+    CHECK(xtext_decode(S(""), out, 1) == 0 && out[0] == '\0');
+
+    /* Round trip: any printable ASCII string, encoded as a client would. */
+    check_case = "round trip";
+    for (int iter = 0; iter < 2000; iter++) {
+        size_t n = unit_rand() % sizeof(raw);
+        size_t el;
+
+        for (size_t i = 0; i < n; i++)
+            raw[i] = (unsigned char)(32 + unit_rand() % 95);
+        el = xtext_encode(raw, n, enc);
+        CHECK(xtext_decode(enc, el, dec, sizeof(dec)) == (ssize_t)n);
+        CHECK(memcmp(dec, raw, n) == 0 && dec[n] == '\0');
+    }
+    /* ... and a string holding a byte outside 32-126 is always refused. */
+    check_case = "round trip with a control byte";
+    for (int iter = 0; iter < 500; iter++) {
+        size_t n = 1 + unit_rand() % (sizeof(raw) - 1);
+        unsigned char bad = (unsigned char)(unit_rand() % 256);
+        size_t el;
+
+        if (bad >= 32 && bad <= 126)
+            bad = 0x7f;
+        for (size_t i = 0; i < n; i++)
+            raw[i] = (unsigned char)(32 + unit_rand() % 95);
+        raw[unit_rand() % n] = bad;
+        el = xtext_encode(raw, n, enc);
+        CHECK(xtext_decode(enc, el, dec, sizeof(dec)) == -1);
+    }
+    check_case = NULL;
+}
+
 int main(int argc, char **argv)
 {
     static const struct unit_group groups[] = {
-        {"mail", test_mail},   {"rcpt", test_rcpt}, {"params", test_params},
-        {"verbs", test_verbs}, {"addr", test_addr},
+        {"mail", test_mail}, {"rcpt", test_rcpt}, {"params", test_params}, {"verbs", test_verbs},
+        {"addr", test_addr}, {"dsn", test_dsn},   {"xtext", test_xtext},
     };
 
     return unit_main(argc, argv, groups, sizeof(groups) / sizeof(groups[0]));
