@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <event2/dns.h>
 #include <event2/event.h>
+#include <event2/thread.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -22,6 +23,8 @@
 #include "proto.h"
 #include "log.h"
 #include "pool.h"
+#include "queue.h"
+#include "spool.h"
 #include "submit.h"
 #include "tls.h"
 #include "unixsock.h"
@@ -36,6 +39,8 @@ struct daemon {
     struct evdns_base *dns;
     struct config *cfg;
     struct pool *pool;
+    struct spool *spool;
+    struct queue *queue;
     struct submit_server *submit;
     int submit_fd;
     struct control *control;
@@ -64,7 +69,8 @@ static void notify(const char *state)
 static void drain_check(evutil_socket_t fd, short what, void *arg)
 {
     struct daemon *d = arg;
-    size_t busy = submit_busy(d->submit);
+    /* Clients in a transaction, and queue deliveries already under way. */
+    size_t busy = submit_busy(d->submit) + queue_busy(d->queue);
     if (busy == 0 || time(NULL) - d->stop_started >= SHUTDOWN_GRACE_SECONDS) {
         if (busy)
             log_warn("shutting down with %zu transactions unfinished", busy);
@@ -87,6 +93,7 @@ static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
     notify("STOPPING=1");
     d->stop_started = time(NULL);
     submit_stop_accepting(d->submit);
+    queue_quiesce(d->queue);
     drain_check(-1, 0, d);
 }
 
@@ -181,6 +188,9 @@ int main(int argc, char **argv)
     if (tls_init(err, sizeof(err)) != 0)
         fatal("TLS: %s", err);
 
+    /* The spool's I/O thread posts its results to the loop. */
+    if (evthread_use_pthreads() != 0)
+        fatal("cannot enable libevent's thread support");
     d.base = event_base_new();
     if (d.base == NULL)
         fatal("cannot create the event loop");
@@ -192,23 +202,11 @@ int main(int argc, char **argv)
             fatal("cannot create the DNS resolver");
         evdns_base_load_hosts(d.dns, NULL);
     }
-    d.pool = pool_new(d.base, d.dns, d.cfg, err, sizeof(err));
-    if (d.pool == NULL)
-        fatal("%s", err);
-    d.submit_fd = unix_listen(d.cfg->submit_socket, 0666, err, sizeof(err));
-    if (d.submit_fd < 0)
-        fatal("submission socket: %s", err);
-    d.submit = submit_new(d.base, d.cfg, d.pool, d.submit_fd, err, sizeof(err));
-    if (d.submit == NULL)
-        fatal("%s", err);
-    /* Mail keeps flowing without the control socket, so failing to create it is not fatal. */
-    d.control_fd = unix_listen(d.cfg->control_socket, 0660, err, sizeof(err));
-    if (d.control_fd < 0)
-        log_error("control socket disabled: %s", err);
-    else if ((d.control = control_new(d.base, d.cfg, d.pool, d.submit, d.control_fd, err,
-                                      sizeof(err))) == NULL)
-        fatal("%s", err);
-
+    /*
+     * Signals first: a SIGTERM that arrives while the spool is being
+     * recovered or the sockets are being created is then handled (by the loop,
+     * once it runs) instead of killing the daemon half-started.
+     */
     d.sigterm = evsignal_new(d.base, SIGTERM, on_stop_signal, &d);
     d.sigint = evsignal_new(d.base, SIGINT, on_stop_signal, &d);
     d.sighup = evsignal_new(d.base, SIGHUP, on_sighup, &d);
@@ -218,6 +216,34 @@ int main(int argc, char **argv)
     evsignal_add(d.sigterm, NULL);
     evsignal_add(d.sigint, NULL);
     evsignal_add(d.sighup, NULL);
+    d.pool = pool_new(d.base, d.dns, d.cfg, err, sizeof(err));
+    if (d.pool == NULL)
+        fatal("%s", err);
+    d.submit_fd = unix_listen(d.cfg->submit_socket, 0666, err, sizeof(err));
+    if (d.submit_fd < 0)
+        fatal("submission socket: %s", err);
+    struct spool_opts so = {.dir = d.cfg->spool_dir, .min_free = d.cfg->spool.min_free};
+    d.spool = spool_open(d.base, &so, err, sizeof(err));
+    if (d.spool == NULL)
+        fatal("spool: %s", err);
+    d.queue = queue_new(d.base, d.cfg, d.pool, d.spool);
+    if (d.queue == NULL)
+        fatal("out of memory");
+    long recovered = queue_recover(d.queue, err, sizeof(err));
+    if (recovered < 0)
+        fatal("spool: %s", err);
+    if (recovered > 0)
+        log_info("queue: %ld messages recovered from %s", recovered, d.cfg->spool_dir);
+    d.submit = submit_new(d.base, d.cfg, d.pool, d.queue, d.submit_fd, err, sizeof(err));
+    if (d.submit == NULL)
+        fatal("%s", err);
+    /* Mail keeps flowing without the control socket, so failing to create it is not fatal. */
+    d.control_fd = unix_listen(d.cfg->control_socket, 0660, err, sizeof(err));
+    if (d.control_fd < 0)
+        log_error("control socket disabled: %s", err);
+    else if ((d.control = control_new(d.base, d.cfg, d.pool, d.queue, d.submit, d.control_fd, err,
+                                      sizeof(err))) == NULL)
+        fatal("%s", err);
 
     log_info("mailpoold %s started config=%s submit_socket=%s relays=%zu", MAILPOOL_VERSION,
              d.cfg->path, d.cfg->submit_socket, d.cfg->nrelays);
@@ -232,7 +258,10 @@ int main(int argc, char **argv)
     submit_free(d.submit);
     close(d.submit_fd);
     unlink(d.cfg->submit_socket);
+    /* Order matters: see queue.h.  Unfinished deliveries stay pending in the spool. */
+    queue_stop(d.queue);
     pool_free(d.pool);
+    spool_close(d.spool);
     /* Only the idle sessions' QUITs may keep the loop busy from here on. */
     event_del(d.sigterm);
     event_del(d.sigint);
@@ -243,6 +272,7 @@ int main(int argc, char **argv)
     event_free(d.sigint);
     event_free(d.sighup);
     event_free(d.drain_timer);
+    queue_free(d.queue);
     event_base_free(d.base);
     config_free(d.cfg);
     tls_shutdown();

@@ -98,10 +98,10 @@ static void job_log(const struct pool_job *job)
         log_escape(m->rcpts[i], strlen(m->rcpts[i]), to, sizeof(to));
         log_escape(r->text ? r->text : "", r->text ? strlen(r->text) : 0, text, sizeof(text));
         log_msg(r->code / 100 == 2 ? LOG_LVL_INFO : LOG_LVL_WARN,
-                "msg id=%s relay=%s mode=relay from=<%s> to=<%s> status=%d dsn=%s delay=%.1fms "
+                "msg id=%s relay=%s mode=%s from=<%s> to=<%s> status=%d dsn=%s delay=%.1fms "
                 "reply=\"%s\"",
-                m->id, job->rp->rc->name, from, to, r->code, r->ecode, elapsed_ms(&job->start),
-                text);
+                m->id, job->rp->rc->name, m->mode == MODE_QUEUE ? "queue" : "relay", from, to,
+                r->code, r->ecode, elapsed_ms(&job->start), text);
     }
 }
 

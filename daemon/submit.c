@@ -29,6 +29,7 @@
 #include "log.h"
 #include "message.h"
 #include "pool.h"
+#include "queue.h"
 
 /* Errors after which a client is disconnected (a confused or hostile peer). */
 #define MAX_BAD_COMMANDS 20
@@ -61,7 +62,8 @@ struct client {
     gid_t gid;
     pid_t pid;
     struct message *msg;
-    struct pool_job *job;
+    struct pool_job *job; /* relay mode: the message is with the pool */
+    int queueing;         /* queue mode: waiting for the spool to make it durable */
     struct body_decoder dec;
     int too_big;
     int bad_commands;
@@ -73,6 +75,7 @@ struct submit_server {
     struct event_base *base;
     const struct config *cfg;
     struct pool *pool;
+    struct queue *queue;
     struct evconnlistener *listener;
     TAILQ_HEAD(, client) clients;
     size_t nclients;
@@ -114,6 +117,11 @@ static void client_free(struct client *c)
         pool_cancel(c->job);
         c->job = NULL;
         c->msg = NULL;
+    }
+    if (c->queueing) {
+        /* The spool goes on with its copy; the message will be delivered. */
+        queue_submit_cancel(srv->queue, c);
+        c->queueing = 0;
     }
     message_free(c->msg);
     TAILQ_REMOVE(&srv->clients, c, entry);
@@ -165,6 +173,27 @@ static void client_results(struct message *m, void *arg)
     client_read(c);
 }
 
+/* Queue mode: the message is durable (err 0) or could not be stored. */
+static void client_queued(int err, void *arg)
+{
+    struct client *c = arg;
+    struct message *m = c->msg;
+    c->queueing = 0;
+    for (size_t i = 0; i < m->nrcpts; i++) {
+        if (err == 0)
+            client_reply(c, "250 2.0.0 Ok: queued as %s", m->id);
+        else if (err == ENOSPC)
+            client_reply(c, "452 4.3.1 Insufficient system storage, try again later");
+        else
+            client_reply(c, "451 4.3.0 Cannot store the message (%s), try again later",
+                         strerror(err));
+    }
+    client_reset_txn(c);
+    client_set_state(c, CS_READY);
+    client_touch(c);
+    client_read(c);
+}
+
 static void client_data_done(struct client *c)
 {
     struct submit_server *srv = c->srv;
@@ -189,6 +218,18 @@ static void client_data_done(struct client *c)
     client_set_state(c, CS_WAIT);
     /* Input keeps arriving (up to ioev's bound) but waits unprocessed. */
     ioev_set_timeout(c->io, 0);
+    int mode = m->mode >= 0 ? m->mode : (int)rc->mode;
+    if (mode == MODE_QUEUE) {
+        c->queueing = 1;
+        if (queue_submit(srv->queue, m, rc, client_queued, c) != 0) {
+            c->queueing = 0;
+            for (size_t i = 0; i < m->nrcpts; i++)
+                client_reply(c, "451 4.3.0 Cannot queue the message, try again later");
+            client_reset_txn(c);
+            client_set_state(c, CS_READY);
+        }
+        return;
+    }
     c->job = pool_submit(srv->pool, rc, m, client_results, c);
     if (c->job == NULL) {
         for (size_t i = 0; i < m->nrcpts; i++)
@@ -244,6 +285,7 @@ static void cmd_lhlo(struct client *c)
     client_reply(c, "250-ENHANCEDSTATUSCODES");
     client_reply(c, "250-8BITMIME");
     client_reply(c, "250-SMTPUTF8");
+    client_reply(c, "250-DSN");
     client_reply(c, "250-SIZE %zu", cfg->max_message_size);
     client_reply(c, "250-" MAILPOOL_PARAM_RELAY);
     client_reply(c, "250 " MAILPOOL_PARAM_MODE);
@@ -270,11 +312,6 @@ static void cmd_mail(struct client *c, const struct lmtp_cmd *cmd)
         client_reply(c, "550 5.7.1 Unknown relay \"%s\"", cmd->relay);
         return;
     }
-    if (cmd->mode == MODE_QUEUE) {
-        client_reply(c, "555 5.5.4 XMODE=queue is not available: this mailpoold relays "
-                        "synchronously only");
-        return;
-    }
     struct message *m = message_new();
     if (m == NULL || (m->sender = strdup(cmd->path)) == NULL ||
         (cmd->relay[0] && (m->relay = strdup(cmd->relay)) == NULL)) {
@@ -282,6 +319,12 @@ static void cmd_mail(struct client *c, const struct lmtp_cmd *cmd)
         client_reply(c, "451 4.3.0 Out of memory");
         return;
     }
+    if (cmd->envid[0] && (m->envid = strdup(cmd->envid)) == NULL) {
+        message_free(m);
+        client_reply(c, "451 4.3.0 Out of memory");
+        return;
+    }
+    m->ret = cmd->ret;
     m->eightbit = cmd->body == BODY_8BITMIME;
     m->smtputf8 = cmd->smtputf8;
     m->mode = cmd->mode;
@@ -308,7 +351,8 @@ static void cmd_rcpt(struct client *c, const struct lmtp_cmd *cmd)
         client_reply(c, "452 4.5.3 Too many recipients");
         return;
     }
-    if (message_add_rcpt(c->msg, cmd->path) != 0) {
+    if (message_add_rcpt_dsn(c->msg, cmd->path, cmd->notify, cmd->orcpt[0] ? cmd->orcpt : NULL) !=
+        0) {
         client_reply(c, "451 4.3.0 Out of memory");
         return;
     }
@@ -528,7 +572,8 @@ static void submit_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struc
 /* ---- setup --------------------------------------------------------------- */
 
 struct submit_server *submit_new(struct event_base *base, const struct config *cfg,
-                                 struct pool *pool, int fd, char *err, size_t errlen)
+                                 struct pool *pool, struct queue *queue, int fd, char *err,
+                                 size_t errlen)
 {
     struct submit_server *srv = calloc(1, sizeof(*srv));
     if (srv == NULL) {
@@ -538,6 +583,7 @@ struct submit_server *submit_new(struct event_base *base, const struct config *c
     srv->base = base;
     srv->cfg = cfg;
     srv->pool = pool;
+    srv->queue = queue;
     TAILQ_INIT(&srv->clients);
     srv->listener = evconnlistener_new(base, submit_accept_cb, srv, LEV_OPT_CLOSE_ON_EXEC, -1, fd);
     if (srv->listener == NULL) {

@@ -1,7 +1,7 @@
 /*
  * The submission socket: LMTP (RFC 2033) for local clients, with
- * PIPELINING, ENHANCEDSTATUSCODES, 8BITMIME, SMTPUTF8, SIZE and the XRELAY /
- * XMODE parameters.  A message is received completely, then handed to the
+ * PIPELINING, ENHANCEDSTATUSCODES, 8BITMIME, SMTPUTF8, SIZE, DSN and the
+ * XRELAY / XMODE parameters.  A message is received completely, then handed to the
  * pool; one reply per accepted recipient carries that recipient's result.
  */
 #ifndef MAILPOOL_SUBMIT_H
@@ -12,11 +12,16 @@
 struct event_base;
 struct config;
 struct pool;
+struct queue;
 struct submit_server;
 
-/* Serve LMTP on the listening socket fd (not owned).  NULL on error. */
+/*
+ * Serve LMTP on the listening socket fd (not owned): relay-mode messages go
+ * to the pool, queue-mode ones to the queue.  NULL on error.
+ */
 struct submit_server *submit_new(struct event_base *base, const struct config *cfg,
-                                 struct pool *pool, int fd, char *err, size_t errlen);
+                                 struct pool *pool, struct queue *queue, int fd, char *err,
+                                 size_t errlen);
 
 /* Stop accepting new clients (clients already connected carry on). */
 void submit_stop_accepting(struct submit_server *srv);

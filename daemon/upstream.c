@@ -28,6 +28,7 @@
 #include "message.h"
 #include "sasl.h"
 #include "smtp_reply.h"
+#include "spool.h"
 
 enum upstream_state {
     US_RESOLVING,
@@ -422,18 +423,49 @@ static void txn_send_body(struct upstream *u);
 static void txn_send_command(struct upstream *u, size_t k)
 {
     struct message *m = u->msg;
+    int dsn = (u->caps.flags & CAP_DSN) != 0;
     if (k == 0) {
-        char params[96] = "";
+        char params[256] = "";
         size_t o = 0;
         if (u->caps.flags & CAP_SIZE)
             o += (size_t)snprintf(params + o, sizeof(params) - o, " SIZE=%zu", m->size);
         if (m->eightbit && (u->caps.flags & CAP_8BITMIME))
             o += (size_t)snprintf(params + o, sizeof(params) - o, " BODY=8BITMIME");
         if (needs_smtputf8(m))
-            snprintf(params + o, sizeof(params) - o, " SMTPUTF8");
+            o += (size_t)snprintf(params + o, sizeof(params) - o, " SMTPUTF8");
+        /* RFC 3461: DSN parameters go on only to a relay that offers DSN. */
+        if (dsn && m->ret)
+            o += (size_t)snprintf(params + o, sizeof(params) - o, " RET=%s",
+                                  m->ret == 2 ? "HDRS" : "FULL");
+        if (dsn && m->envid)
+            snprintf(params + o, sizeof(params) - o, " ENVID=%s", m->envid);
         upstream_send_line(u, "MAIL FROM:<%s>%s", m->sender, params);
     } else if (k <= m->nrcpts) {
-        upstream_send_line(u, "RCPT TO:<%s>", m->rcpts[k - 1]);
+        const struct rcpt_dsn *d = m->dsn ? &m->dsn[k - 1] : NULL;
+        char params[640] = "";
+        if (dsn && d && (d->notify || d->orcpt)) {
+            size_t o = 0;
+            if (d->notify & SPOOL_NOTIFY_NEVER) {
+                o += (size_t)snprintf(params, sizeof(params), " NOTIFY=NEVER");
+            } else if (d->notify) {
+                const char *sep = " NOTIFY=";
+                static const struct {
+                    unsigned bit;
+                    const char *word;
+                } words[] = {{SPOOL_NOTIFY_SUCCESS, "SUCCESS"},
+                             {SPOOL_NOTIFY_FAILURE, "FAILURE"},
+                             {SPOOL_NOTIFY_DELAY, "DELAY"}};
+                for (size_t w = 0; w < sizeof(words) / sizeof(words[0]); w++)
+                    if (d->notify & words[w].bit) {
+                        o += (size_t)snprintf(params + o, sizeof(params) - o, "%s%s", sep,
+                                              words[w].word);
+                        sep = ",";
+                    }
+            }
+            if (d->orcpt)
+                snprintf(params + o, sizeof(params) - o, " ORCPT=%s", d->orcpt);
+        }
+        upstream_send_line(u, "RCPT TO:<%s>%s", m->rcpts[k - 1], params);
     } else if (u->bdat) {
         /* RFC 3030: one chunk with the whole (canonical, unstuffed) message. */
         upstream_send_line(u, "BDAT %zu LAST", m->size);
