@@ -2,7 +2,7 @@
 # Wall time per message for N sequential sendmail-style submissions, one
 # process per message, all into the same Postfix smtp-sink on loopback in
 # the same run:
-#   mailpool-sendmail -> mailpoold (warm pooled session) -> smtp-sink
+#   mailpool-sendmail -odi -> mailpoold (relay mode, warm pooled session) -> smtp-sink
 #   msmtp (plaintext, one SMTP session per message)      -> smtp-sink
 # Usage: bench/sendmail_vs_msmtp.sh [N]   (default 200; builds into build/)
 set -eu
@@ -33,7 +33,7 @@ port=$(free_port)
 pids="$pids $!"
 
 cat >"$work/mailpool.conf" <<CONF
-daemon = { hostname = "bench.mailpool.test"; submit_socket = "$work/submit.sock"; control_socket = "$work/control.sock"; log_level = "warn"; };
+daemon = { hostname = "bench.mailpool.test"; submit_socket = "$work/submit.sock"; control_socket = "$work/control.sock"; spool_dir = "$work/spool"; log_level = "warn"; };
 default_relay = "sink";
 relays = { sink = { hosts = [ "127.0.0.1:$port" ]; options = [ "extended" ]; mode = "relay";
                     pool = { max_connections = 4; idle_timeout = 600; max_messages = 0; }; }; };
@@ -58,7 +58,7 @@ done
 
 export MAILPOOL_SOCKET="$work/submit.sock"
 # Warm the pool (and the page cache) first.
-build/mailpool-sendmail -f bench@bench.mailpool.test sink@example.test <"$work/msg"
+build/mailpool-sendmail -odi -f bench@bench.mailpool.test sink@example.test <"$work/msg"
 
 run() { # run LABEL COMMAND...
     label=$1
@@ -73,7 +73,7 @@ run() { # run LABEL COMMAND...
     echo "$label $start $end"
 }
 
-r1=$(run mailpool build/mailpool-sendmail -f bench@bench.mailpool.test sink@example.test)
+r1=$(run mailpool build/mailpool-sendmail -odi -f bench@bench.mailpool.test sink@example.test)
 r2=$(run msmtp msmtp --host=127.0.0.1 --port="$port" --from=bench@bench.mailpool.test \
     --auth=off --tls=off sink@example.test)
 

@@ -712,6 +712,66 @@ static mailpool_status summarise(const mailpool_result *res)
     return temp > 0 ? MAILPOOL_ERR_TEMPORARY : MAILPOOL_ERR_PERMANENT;
 }
 
+/* RFC 3461 4.1: "NEVER" alone, or SUCCESS, FAILURE and DELAY, each at most once. */
+static int notify_valid(const char *v)
+{
+    static const char *const words[] = {"SUCCESS", "FAILURE", "DELAY"};
+    unsigned seen = 0;
+    const char *p = v;
+
+    if (strcasecmp(v, "NEVER") == 0)
+        return 1;
+    for (;;) {
+        size_t n = strcspn(p, ","), i;
+
+        for (i = 0; i < 3; i++) {
+            if (strlen(words[i]) == n && strncasecmp(p, words[i], n) == 0)
+                break;
+        }
+        if (i == 3 || (seen & (1u << i)))
+            return 0;
+        seen |= 1u << i;
+        if (p[n] == '\0')
+            return 1;
+        p += n + 1;
+    }
+}
+
+static int uhex(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+/*
+ * RFC 3461 section 4 xtext, at most max bytes: printable ASCII except '+'
+ * and '=', and "+XX" (upper-case hex) for the rest.  What "+XX" stands for
+ * must be printable ASCII too, as the daemon requires: the value ends up in
+ * a header field of a delivery report.
+ */
+static int xtext_valid(const char *v, size_t max)
+{
+    size_t i, len = strnlen(v, max + 1);
+
+    if (len == 0 || len > max)
+        return 0;
+    for (i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)v[i];
+
+        if (c == '+') {
+            int hi, lo;
+
+            if (len - i < 3 || (hi = uhex(v[i + 1])) < 0 || (lo = uhex(v[i + 2])) < 0)
+                return 0;
+            if (hi * 16 + lo < 0x20 || hi * 16 + lo > 0x7e)
+                return 0;
+            i += 2;
+        } else if (c < 33 || c > 126 || c == '=') {
+            return 0;
+        }
+    }
+    return 1;
+}
+
 static mailpool_status validate(const mailpool_envelope *env, const void *message, size_t len,
                                 int *utf8)
 {
@@ -732,6 +792,12 @@ static mailpool_status validate(const mailpool_envelope *env, const void *messag
         return MAILPOOL_ERR_ARGS;
     if (env->mode != NULL && strcmp(env->mode, MAILPOOL_MODE_RELAY) != 0 &&
         strcmp(env->mode, MAILPOOL_MODE_QUEUE) != 0)
+        return MAILPOOL_ERR_ARGS;
+    if (env->notify != NULL && !notify_valid(env->notify))
+        return MAILPOOL_ERR_ARGS;
+    if (env->ret != NULL && strcasecmp(env->ret, "FULL") != 0 && strcasecmp(env->ret, "HDRS") != 0)
+        return MAILPOOL_ERR_ARGS;
+    if (env->envid != NULL && !xtext_valid(env->envid, MAILPOOL_MAX_ENVID))
         return MAILPOOL_ERR_ARGS;
     return MAILPOOL_OK;
 }
@@ -756,12 +822,20 @@ static int build_mail(struct buf *b, const mailpool *mp, const mailpool_envelope
         return -1;
     if (env->mode != NULL && (buf_str(b, " " MAILPOOL_PARAM_MODE "=") || buf_str(b, env->mode)))
         return -1;
+    if (env->ret != NULL && (buf_str(b, " RET=") || buf_str(b, env->ret)))
+        return -1;
+    if (env->envid != NULL && (buf_str(b, " ENVID=") || buf_str(b, env->envid)))
+        return -1;
     return buf_str(b, "\r\n");
 }
 
-static int build_rcpt(struct buf *b, const char *rcpt)
+static int build_rcpt(struct buf *b, const mailpool_envelope *env, const char *rcpt)
 {
-    return buf_str(b, "RCPT TO:<") || buf_str(b, rcpt) || buf_str(b, ">\r\n") ? -1 : 0;
+    if (buf_str(b, "RCPT TO:<") || buf_str(b, rcpt) || buf_str(b, ">"))
+        return -1;
+    if (env->notify != NULL && (buf_str(b, " NOTIFY=") || buf_str(b, env->notify)))
+        return -1;
+    return buf_str(b, "\r\n");
 }
 
 /* One transaction's bookkeeping, so the steps below stay short. */
@@ -832,7 +906,7 @@ static mailpool_status txn_envelope(struct txn *t, int pipelined, mailpool_reply
     }
     for (i = 0; i < t->env->nrecipients; i++) {
         if (!pipelined) {
-            if (build_rcpt(&b, t->env->recipients[i])) {
+            if (build_rcpt(&b, t->env, t->env->recipients[i])) {
                 free(b.p);
                 return txn_broken(t, MAILPOOL_ERR_NOMEM);
             }
@@ -960,7 +1034,7 @@ PUBLIC mailpool_status mailpool_send(mailpool *mp, const mailpool_envelope *env,
     if (build_mail(&cmds, mp, env, &scan, utf8) != 0)
         goto nomem;
     for (i = 0; pipelined && i < env->nrecipients; i++) {
-        if (build_rcpt(&cmds, env->recipients[i]) != 0)
+        if (build_rcpt(&cmds, env, env->recipients[i]) != 0)
             goto nomem;
     }
     if (pipelined && buf_str(&cmds, "DATA\r\n") != 0)

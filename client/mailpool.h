@@ -54,6 +54,19 @@ typedef struct mailpool_envelope {
     size_t nrecipients;
     const char *relay; /* relay profile name (XRELAY=), or NULL: the default relay */
     const char *mode;  /* "relay", "queue", or NULL: the daemon's default */
+    /*
+     * Delivery status notifications (RFC 3461), each NULL when not asked for.
+     * notify: "NEVER", or a comma list of "SUCCESS", "FAILURE", "DELAY" (each
+     * once), sent as NOTIFY= on every RCPT.  ret: "FULL" or "HDRS" (RET= on
+     * MAIL).  envid: the envelope id already encoded as xtext (printable
+     * ASCII but '+' and '=', others as "+XX" in upper-case hex), at most 100
+     * bytes (ENVID= on MAIL).  A value outside these rules makes
+     * mailpool_send() return MAILPOOL_ERR_ARGS.  Added in 0.1; leave them
+     * zeroed (designated initialisers do) when unused.
+     */
+    const char *notify;
+    const char *ret;
+    const char *envid;
 } mailpool_envelope;
 
 /* The outcome: overall status plus one reply per recipient, in order. */

@@ -14,6 +14,7 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sysexits.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "json_read.h"
@@ -65,7 +66,13 @@ static void usage(FILE *f)
                "  -V, --version        print the version and exit\n"
                "commands:\n"
                "  status               version, uptime and counters\n"
-               "  pool                 upstream connections and per-relay counters\n");
+               "  pool                 upstream connections and per-relay counters\n"
+               "  queue                the queued messages, with pending recipients\n"
+               "  queue show ID        one message in detail\n"
+               "  flush [ID|RELAY]     retry now: everything, one message or one relay\n"
+               "  hold ID              keep a message from delivery until released\n"
+               "  release ID           let a held message go again\n"
+               "  delete ID            remove a message from the queue for good\n");
 }
 
 static void complain(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -265,7 +272,11 @@ static int table_row(struct table *t, const char *const *cells)
     return 0;
 }
 
-static void table_print(const struct table *t)
+/*
+ * Print the table; after each row but the first (the header) after(r, arg)
+ * may print lines of its own, r counting the rows after the header from 0.
+ */
+static void table_print_with(const struct table *t, void (*after)(size_t r, void *arg), void *arg)
 {
     size_t *width = calloc(t->ncols, sizeof(*width));
     if (width == NULL)
@@ -285,8 +296,15 @@ static void table_print(const struct table *t)
             else
                 printf("%-*s  ", (int)width[c], cell);
         }
+        if (after != NULL && r > 0)
+            after(r - 1, arg);
     }
     free(width);
+}
+
+static void table_print(const struct table *t)
+{
+    table_print_with(t, NULL, NULL);
 }
 
 static void table_free(struct table *t)
@@ -323,12 +341,9 @@ static const char *member_text(const struct json_value *obj, const char *key, ch
 }
 
 /* Seconds as "42s", "3m05s", "2h03m", "4d06h", into buf (size NUM_TEXT). */
-static const char *duration_text(const struct json_value *obj, const char *key, char *buf)
+static const char *seconds_text(long long s, char *buf)
 {
-    long long s;
     size_t len = NUM_TEXT;
-    if (json_get_int(obj, key, &s) != 0 || s < 0)
-        return "-";
     if (s < 60)
         snprintf(buf, len, "%llds", s);
     else if (s < 3600)
@@ -338,6 +353,15 @@ static const char *duration_text(const struct json_value *obj, const char *key, 
     else
         snprintf(buf, len, "%lldd%02lldh", s / 86400, s % 86400 / 3600);
     return buf;
+}
+
+/* A member holding seconds, as seconds_text() writes them; "-" when absent. */
+static const char *duration_text(const struct json_value *obj, const char *key, char *buf)
+{
+    long long s;
+    if (json_get_int(obj, key, &s) != 0 || s < 0)
+        return "-";
+    return seconds_text(s, buf);
 }
 
 static enum outcome print_status(const struct json_value *v)
@@ -432,6 +456,187 @@ static enum outcome print_pool(const struct json_value *v)
     return o;
 }
 
+/* ---- the queue ----------------------------------------------------------------- */
+
+/* Print a string member made safe for the terminal ("-" when absent or null). */
+static void put_member(const struct json_value *obj, const char *key)
+{
+    const struct json_value *v = json_get(obj, key);
+    char *t = v != NULL && v->type == JSON_STRING ? safe_text(v->string, v->len) : NULL;
+    fputs(t != NULL ? t : "-", stdout);
+    free(t);
+}
+
+/* When the next attempt is due, relative to now, into buf (size NUM_TEXT). */
+static const char *next_text(const struct json_value *m, time_t now, char *buf)
+{
+    const struct json_value *held = json_get(m, "held");
+    long long next;
+    if (held != NULL && held->type == JSON_BOOL && held->boolean)
+        return "held";
+    if (json_get_int(m, "next_attempt", &next) != 0)
+        return "running";
+    if (next <= (long long)now)
+        return "now";
+    char d[NUM_TEXT];
+    snprintf(buf, NUM_TEXT, "in %s", seconds_text(next - (long long)now, d));
+    return buf;
+}
+
+static int rcpt_done(const struct json_value *r)
+{
+    const char *state = json_get_string(r, "state");
+    return state != NULL && (strcmp(state, "delivered") == 0 || strcmp(state, "done") == 0);
+}
+
+/* Each recipient still owed something, under its message's row. */
+static void print_rcpts(size_t row, void *arg)
+{
+    const struct json_value *msgs = arg;
+    const struct json_value *rcpts = json_get(msgs->items[row], "recipients");
+    for (size_t i = 0; rcpts != NULL && rcpts->type == JSON_ARRAY && i < rcpts->count; i++) {
+        const struct json_value *r = rcpts->items[i];
+        if (rcpt_done(r))
+            continue;
+        fputs("    ", stdout);
+        put_member(r, "address");
+        fputs("  ", stdout);
+        put_member(r, "state");
+        if (json_get_string(r, "last_error") != NULL) {
+            fputs("  ", stdout);
+            put_member(r, "last_error");
+        }
+        putchar('\n');
+    }
+}
+
+static enum outcome check_message(const struct json_value *m)
+{
+    const struct json_value *rcpts = json_get(m, "recipients");
+    if (m->type != JSON_OBJECT || json_get_string(m, "id") == NULL || rcpts == NULL ||
+        rcpts->type != JSON_ARRAY) {
+        complain("a message in the answer is malformed");
+        return OUT_PROTOCOL;
+    }
+    return OUT_OK;
+}
+
+static enum outcome print_queue(const struct json_value *v)
+{
+    const struct json_value *msgs = json_get(v, "messages");
+    if (msgs == NULL || msgs->type != JSON_ARRAY) {
+        complain("the answer has no \"messages\" list");
+        return OUT_PROTOCOL;
+    }
+    if (msgs->count == 0) {
+        printf("the queue is empty\n");
+        return OUT_OK;
+    }
+    static const char *const head[] = {"ID",    "AGE",      "SIZE", "SENDER",
+                                       "RCPTS", "ATTEMPTS", "NEXT", "LAST ERROR"};
+    enum { NCOL = sizeof(head) / sizeof(head[0]) };
+    struct table t = {.ncols = NCOL};
+    enum outcome o = table_row(&t, head) == 0 ? OUT_OK : OUT_OSERR;
+    time_t now = time(NULL);
+    for (size_t i = 0; o == OUT_OK && i < msgs->count; i++) {
+        const struct json_value *m = msgs->items[i];
+        if ((o = check_message(m)) != OUT_OK)
+            break;
+        const struct json_value *rcpts = json_get(m, "recipients");
+        size_t pending = 0;
+        for (size_t r = 0; r < rcpts->count; r++)
+            pending += !rcpt_done(rcpts->items[r]);
+        char text[NCOL][NUM_TEXT];
+        const char *sender = json_get_string(m, "sender");
+        snprintf(text[4], NUM_TEXT, "%zu/%zu", pending, rcpts->count);
+        const char *cells[NCOL] = {
+            json_get_string(m, "id"),
+            duration_text(m, "age", text[1]),
+            member_text(m, "size", text[2]),
+            sender != NULL && sender[0] == '\0' ? "<>" : sender,
+            text[4],
+            member_text(m, "attempts", text[5]),
+            next_text(m, now, text[6]),
+            json_get_string(m, "last_error"),
+        };
+        if (table_row(&t, cells) != 0)
+            o = OUT_OSERR;
+    }
+    if (o == OUT_OK)
+        table_print_with(&t, print_rcpts, (void *)msgs);
+    table_free(&t);
+    return o;
+}
+
+static enum outcome print_message(const struct json_value *v)
+{
+    const struct json_value *m = json_get(v, "message");
+    if (m == NULL) {
+        complain("the answer has no \"message\"");
+        return OUT_PROTOCOL;
+    }
+    enum outcome o = check_message(m);
+    if (o != OUT_OK)
+        return o;
+    struct table t = {.ncols = 2};
+    char text[6][NUM_TEXT], created[64] = "-";
+    long long c;
+    if (json_get_int(m, "created", &c) == 0) {
+        time_t tc = (time_t)c;
+        struct tm tm;
+        if (localtime_r(&tc, &tm) != NULL)
+            strftime(created, sizeof(created), "%Y-%m-%d %H:%M:%S %z", &tm);
+    }
+    const char *sender = json_get_string(m, "sender");
+    const char *rows[][2] = {
+        {"id", json_get_string(m, "id")},
+        {"created", created},
+        {"age", duration_text(m, "age", text[0])},
+        {"sender", sender != NULL && sender[0] == '\0' ? "<>" : sender},
+        {"relay", json_get_string(m, "relay")},
+        {"size", member_text(m, "size", text[1])},
+        {"attempts", member_text(m, "attempts", text[2])},
+        {"next attempt", next_text(m, time(NULL), text[3])},
+        {"last error", json_get_string(m, "last_error")},
+        {"held", member_text(m, "held", text[4])},
+        {"bounce", member_text(m, "bounce", text[5])},
+    };
+    for (size_t i = 0; o == OUT_OK && i < sizeof(rows) / sizeof(rows[0]); i++) {
+        if (table_row(&t, rows[i]) != 0)
+            o = OUT_OSERR;
+    }
+    if (o == OUT_OK) {
+        table_print(&t);
+        printf("recipients:\n");
+    }
+    table_free(&t);
+    const struct json_value *rcpts = json_get(m, "recipients");
+    struct table rt = {.ncols = 3};
+    for (size_t i = 0; o == OUT_OK && i < rcpts->count; i++) {
+        const char *cells[] = {json_get_string(rcpts->items[i], "address"),
+                               json_get_string(rcpts->items[i], "state"),
+                               json_get_string(rcpts->items[i], "last_error")};
+        if (table_row(&rt, cells) != 0)
+            o = OUT_OSERR;
+    }
+    if (o == OUT_OK) {
+        /* Indented under the heading: the table printer has no margin of its own. */
+        for (size_t i = 0; i < rt.nrows * rt.ncols; i += rt.ncols) {
+            char *indented = NULL;
+            if (asprintf(&indented, "  %s", rt.cells[i]) < 0) {
+                o = OUT_OSERR;
+                break;
+            }
+            free(rt.cells[i]);
+            rt.cells[i] = indented;
+        }
+        if (o == OUT_OK)
+            table_print(&rt);
+    }
+    table_free(&rt);
+    return o;
+}
+
 /* ---- main --------------------------------------------------------------------- */
 
 /* Join the command words into one request line; NULL (with a message) if they cannot be sent. */
@@ -473,7 +678,8 @@ static char *build_request(int argc, char **argv)
 }
 
 /* Send the request, read and check the answer, print it.  The outcome of it all. */
-static enum outcome run(const char *path, const char *request, const char *command, int json)
+static enum outcome run(const char *path, const char *request, const char *command,
+                        const char *argid, int json)
 {
     int fd;
     enum outcome o = connect_socket(path, &fd);
@@ -510,6 +716,25 @@ static enum outcome run(const char *path, const char *request, const char *comma
         o = print_status(v);
     } else if (strcmp(command, "pool") == 0) {
         o = print_pool(v);
+    } else if (strcmp(command, "queue") == 0 && json_get(v, "message") != NULL) {
+        o = print_message(v);
+    } else if (strcmp(command, "queue") == 0) {
+        o = print_queue(v);
+    } else if (strcmp(command, "flush") == 0) {
+        long long n = 0;
+        if (json_get_int(v, "flushed", &n) != 0) {
+            complain("the answer has no \"flushed\" count");
+            o = OUT_PROTOCOL;
+        } else {
+            printf("%lld message%s to be retried now\n", n, n == 1 ? "" : "s");
+        }
+    } else if (strcmp(command, "hold") == 0 || strcmp(command, "release") == 0 ||
+               strcmp(command, "delete") == 0) {
+        /* The id was checked by the daemon: letters and digits only. */
+        printf("%s: %s\n", argid,
+               command[0] == 'h'   ? "held"
+               : command[0] == 'r' ? "released"
+                                   : "deleted");
     } else {
         printf("%s\n", answer); /* no table for this command yet */
     }
@@ -577,7 +802,8 @@ int main(int argc, char **argv)
     if (sock == NULL)
         sock = MAILPOOL_DEFAULT_CONTROL_SOCKET;
 
-    enum outcome o = run(sock, request, argv[optind], json);
+    enum outcome o =
+        run(sock, request, argv[optind], optind + 1 < argc ? argv[optind + 1] : "", json);
     free(request);
     free(from_config);
     return exit_code(o);

@@ -3,6 +3,7 @@
  * on stdin to mailpoold through libmailpool.  Adds Date/Message-ID/From as
  * RFC 5322 section 3.6 asks; exit codes follow sysexits.h.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
 #include <libconfig.h>
@@ -11,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/random.h>
 #include <sysexits.h>
 #include <time.h>
@@ -19,10 +21,16 @@
 #include "mailpool.h"
 #include "proto.h"
 #include "sendmail_hdr.h"
+#include "sendmail_queue.h"
 
 #define PROG "mailpool-sendmail"
-/* How messages are submitted; becomes MAILPOOL_MODE_QUEUE once the spool exists. */
-#define SUBMIT_MODE MAILPOOL_MODE_RELAY
+/*
+ * Queue mode by default: the daemon answers once the message is on disk, so
+ * a relay that is down never loses mail.  -odi ("deliver interactively", as
+ * in sendmail) asks for relay mode: the exit status is then the relay's own
+ * answer.
+ */
+#define SUBMIT_MODE_DEFAULT MAILPOOL_MODE_QUEUE
 
 struct strlist {
     char **v;
@@ -36,6 +44,14 @@ struct opts {
     int from_headers;     /* -t */
     int ignore_dots;      /* -i, -oi */
     int verbose;          /* -v */
+    const char *mode;     /* XMODE: queue (default, -odb/-odq) or relay (-odi) */
+    int list_queue;       /* -bp, or invoked as mailq */
+    int flush;            /* -q, -qI<id>, -qR<relay> */
+    const char *flush_target;
+    int q_interval;  /* -q<interval>: ignored */
+    char notify[32]; /* -N as NOTIFY= wants it ("NEVER", "SUCCESS,DELAY" ...), or "" */
+    const char *ret; /* -R: "FULL", "HDRS" or NULL */
+    char *envid;     /* -V, encoded as xtext; freed by main */
 };
 
 static int has_control(const char *s)
@@ -89,7 +105,9 @@ static void list_free(struct strlist *l)
 static void usage(void)
 {
     fprintf(stderr, "usage: " PROG " [-t] [-i] [-v] [-f sender] [-F fullname] [-C config] "
-                    "[--] [recipient ...] < message\n");
+                    "[-N dsn] [-R full|hdrs] [-V envid] [--] [recipient ...] < message\n"
+                    "       " PROG " -bp | mailq      list the queue\n"
+                    "       " PROG " -q[I<id>|R<relay>]  deliver queued mail now\n");
 }
 
 /*
@@ -198,8 +216,12 @@ static int build_added(const char *msg, size_t len, const struct opts *o, const 
     return 0;
 }
 
-/* The socket path from the daemon's config file (-C). Returns 0 or EX_CONFIG. */
-static int socket_from_config(const char *file, char **path)
+/*
+ * A socket path (key: "daemon.submit_socket" or "daemon.control_socket")
+ * from the daemon's config file (-C); *path stays NULL when the file has
+ * none.  Returns 0, EX_CONFIG or EX_OSERR.
+ */
+static int socket_from_config(const char *file, const char *key, char **path)
 {
     config_t cfg;
     const char *s = NULL;
@@ -213,12 +235,12 @@ static int socket_from_config(const char *file, char **path)
             fprintf(stderr, PROG ": %s:%d: %s\n", file, config_error_line(&cfg),
                     config_error_text(&cfg));
         rc = EX_CONFIG;
-    } else if (config_lookup_string(&cfg, "daemon.submit_socket", &s) == CONFIG_TRUE) {
+    } else if (config_lookup_string(&cfg, key, &s) == CONFIG_TRUE) {
         *path = strdup(s);
         if (*path == NULL)
             rc = EX_OSERR;
-    } else if (config_lookup(&cfg, "daemon.submit_socket") != NULL) {
-        fprintf(stderr, PROG ": %s: daemon.submit_socket must be a string\n", file);
+    } else if (config_lookup(&cfg, key) != NULL) {
+        fprintf(stderr, PROG ": %s: %s must be a string\n", file, key);
         rc = EX_CONFIG;
     }
     config_destroy(&cfg);
@@ -287,14 +309,18 @@ static void print_reply(const char *who, const mailpool_reply *r)
 }
 
 static int submit(const char *path, const char *sender, const struct strlist *rcpts,
-                  const char *msg, size_t len, int verbose)
+                  const char *msg, size_t len, const struct opts *o)
 {
     mailpool *mp = NULL;
     mailpool_result res;
     mailpool_envelope env = {.sender = sender,
                              .recipients = (const char *const *)rcpts->v,
                              .nrecipients = rcpts->n,
-                             .mode = SUBMIT_MODE};
+                             .mode = o->mode ? o->mode : SUBMIT_MODE_DEFAULT,
+                             .notify = o->notify[0] ? o->notify : NULL,
+                             .ret = o->ret,
+                             .envid = o->envid};
+    int verbose = o->verbose;
     mailpool_status st;
     size_t i;
     int rc;
@@ -336,9 +362,121 @@ static int not_yet(const char *what)
     return EX_USAGE;
 }
 
+/*
+ * -N: "never", or a comma list of success, failure and delay (any case,
+ * each once), into the upper-case form of RFC 3461's NOTIFY=.
+ */
+static int parse_notify(const char *arg, struct opts *o)
+{
+    static const char *const words[] = {"SUCCESS", "FAILURE", "DELAY"};
+    unsigned seen = 0;
+    const char *p = arg;
+
+    if (strcasecmp(arg, "never") == 0) {
+        snprintf(o->notify, sizeof o->notify, "NEVER");
+        return 0;
+    }
+    o->notify[0] = '\0';
+    for (;;) {
+        size_t n = strcspn(p, ","), i;
+
+        for (i = 0; i < 3; i++) {
+            if (strlen(words[i]) == n && strncasecmp(p, words[i], n) == 0)
+                break;
+        }
+        if (i == 3 || (seen & (1u << i))) {
+            fprintf(stderr,
+                    PROG ": -N wants \"never\" or a list of success, failure, delay: \"%s\"\n",
+                    arg);
+            return EX_USAGE;
+        }
+        seen |= 1u << i;
+        /* Three words and two commas at most: always fits. */
+        if (o->notify[0] != '\0')
+            strcat(o->notify, ",");
+        strcat(o->notify, words[i]);
+        if (p[n] == '\0')
+            return 0;
+        p += n + 1;
+    }
+}
+
+/*
+ * -V: the envelope id, encoded as RFC 3461 xtext ('+', '=' and the space
+ * as "+XX").  Only printable ASCII can be carried; the encoded form is
+ * limited to MAILPOOL_MAX_ENVID bytes.
+ */
+static int parse_envid(const char *arg, struct opts *o)
+{
+    size_t len = strlen(arg), n = 0;
+    char *out;
+
+    if (len == 0 || len > MAILPOOL_MAX_ENVID) {
+        fprintf(stderr, PROG ": -V: the envelope id must be 1 to %d characters\n",
+                MAILPOOL_MAX_ENVID);
+        return EX_USAGE;
+    }
+    out = malloc(len * 3 + 1);
+    if (out == NULL)
+        return EX_OSERR;
+    for (const char *p = arg; *p; p++) {
+        unsigned char c = (unsigned char)*p;
+
+        if (c < 0x20 || c > 0x7e) {
+            fprintf(stderr, PROG ": -V: the envelope id may only hold printable ASCII\n");
+            free(out);
+            return EX_USAGE;
+        }
+        if (c == '+' || c == '=' || c == ' ')
+            n += (size_t)sprintf(out + n, "+%02X", c);
+        else
+            out[n++] = (char)c;
+    }
+    out[n] = '\0';
+    if (n > MAILPOOL_MAX_ENVID) {
+        fprintf(stderr, PROG ": -V: the envelope id is over %d bytes once encoded\n",
+                MAILPOOL_MAX_ENVID);
+        free(out);
+        return EX_USAGE;
+    }
+    free(o->envid);
+    o->envid = out;
+    return 0;
+}
+
+/*
+ * -q alone flushes the whole queue, -qI<id> one message, -qR<relay> one
+ * relay's messages.  -q<interval> (1h, 30m ...) asks sendmail to run as a
+ * queue daemon: mailpoold retries on its own schedule, so it is ignored as
+ * Postfix does.  Returns 0, or EX_USAGE.
+ */
+static int parse_q(const char *arg, struct opts *o)
+{
+    size_t i = 0;
+
+    if (arg == NULL || arg[0] == '\0') {
+        o->flush = 1;
+        return 0;
+    }
+    if ((arg[0] == 'I' || arg[0] == 'R') && arg[1] != '\0') {
+        o->flush = 1;
+        o->flush_target = arg + 1;
+        return 0;
+    }
+    while (arg[i] != '\0' && (isdigit((unsigned char)arg[i]) || strchr("smhdw", arg[i]) != NULL))
+        i++;
+    if (arg[i] == '\0' && isdigit((unsigned char)arg[0])) {
+        fprintf(stderr, PROG ": -q%s ignored: mailpoold retries queued mail on its own\n", arg);
+        o->q_interval = 1;
+        return 0;
+    }
+    fprintf(stderr, PROG ": unsupported queue option -q%s (use -q, -qI<id> or -qR<relay>)\n", arg);
+    return EX_USAGE;
+}
+
 static int parse_args(int argc, char **argv, struct opts *o)
 {
-    int c;
+    int c, rc;
 
     opterr = 0;
     while ((c = getopt(argc, argv, "+A:B:b:C:e:F:f:Gh:iL:mN:nO:o:q::R:r:tUV:vX:")) != -1) {
@@ -365,24 +503,44 @@ static int parse_args(int argc, char **argv, struct opts *o)
         case 'o':
             if (strcmp(optarg, "i") == 0)
                 o->ignore_dots = 1;
-            break; /* -oem, -oee, -odi, -odb, -oQ..., -om, -os ...: nothing to do here */
+            else if (strcmp(optarg, "di") == 0)
+                o->mode = MAILPOOL_MODE_RELAY;
+            else if (strcmp(optarg, "db") == 0 || strcmp(optarg, "dq") == 0)
+                o->mode = MAILPOOL_MODE_QUEUE;
+            break; /* -oem, -oee, -oQ..., -om, -os ...: nothing to do here */
         case 'b':
             if (strcmp(optarg, "m") == 0)
                 break;
-            if (strcmp(optarg, "p") == 0)
-                return not_yet("-bp (queue listing)");
+            if (strcmp(optarg, "p") == 0) {
+                o->list_queue = 1;
+                break;
+            }
             if (strcmp(optarg, "s") == 0)
                 return not_yet("-bs (SMTP on stdin)");
             fprintf(stderr, PROG ": unsupported mode -b%s\n", optarg);
             return EX_USAGE;
         case 'q':
-            return not_yet("-q (queue run)");
+            if ((rc = parse_q(optarg, o)) != 0)
+                return rc;
+            break;
         case 'N':
-            return not_yet("-N (DSN notify)");
+            if ((rc = parse_notify(optarg, o)) != 0)
+                return rc;
+            break;
         case 'R':
-            return not_yet("-R (DSN return)");
+            if (strcasecmp(optarg, "full") == 0) {
+                o->ret = "FULL";
+            } else if (strcasecmp(optarg, "hdrs") == 0) {
+                o->ret = "HDRS";
+            } else {
+                fprintf(stderr, PROG ": -R wants \"full\" or \"hdrs\": \"%s\"\n", optarg);
+                return EX_USAGE;
+            }
+            break;
         case 'V':
-            return not_yet("-V (DSN envelope id)");
+            if ((rc = parse_envid(optarg, o)) != 0)
+                return rc;
+            break;
         case 'A': /* -Am/-Ac, -B 8BITMIME, -e?, -G, -h N, -L tag, -m, -n, -O opt=val, -U, -X */
         case 'B':
         case 'e':
@@ -407,6 +565,34 @@ static int parse_args(int argc, char **argv, struct opts *o)
     return 0;
 }
 
+/*
+ * -bp / mailq and -q talk to the control socket: from -C's
+ * daemon.control_socket, else $MAILPOOL_CONTROL_SOCKET, else the default.
+ */
+static int queue_command(const struct opts *o)
+{
+    char *cfgpath = NULL;
+    const char *path;
+    int rc;
+
+    if (o->config) {
+        rc = socket_from_config(o->config, "daemon.control_socket", &cfgpath);
+        if (rc != 0)
+            return rc;
+    }
+    path = cfgpath;
+    if (path == NULL)
+        path = getenv(MAILPOOL_CONTROL_SOCKET_ENV);
+    if (path == NULL || path[0] == '\0')
+        path = MAILPOOL_DEFAULT_CONTROL_SOCKET;
+    if (o->list_queue)
+        rc = sendmail_queue_list(path);
+    else
+        rc = sendmail_queue_flush(path, o->flush_target, o->verbose);
+    free(cfgpath);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     struct opts o = {0};
@@ -420,10 +606,27 @@ int main(int argc, char **argv)
 
     base = strrchr(argv[0], '/') ? strrchr(argv[0], '/') + 1 : argv[0];
     if (strcmp(base, "mailq") == 0)
-        return not_yet("mailq (queue listing)");
+        o.list_queue = 1;
     rc = parse_args(argc, argv, &o);
-    if (rc != 0)
+    if (rc != 0) {
+        free(o.envid);
         return rc;
+    }
+    if (o.list_queue || o.flush) {
+        if (optind < argc) {
+            fprintf(stderr, PROG ": %s takes no recipients (\"%s\"); for one message use -qI<id>\n",
+                    o.list_queue ? "listing the queue" : "-q", argv[optind]);
+            free(o.envid);
+            return EX_USAGE;
+        }
+        rc = queue_command(&o);
+        free(o.envid);
+        return rc;
+    }
+    if (o.q_interval && optind == argc && !o.from_headers) {
+        free(o.envid);
+        return EX_OK; /* only "-q30m": nothing to send, nothing to start */
+    }
 
     if ((o.sender && has_control(o.sender)) || (o.fullname && has_control(o.fullname))) {
         fprintf(stderr, PROG ": control characters in -f or -F\n");
@@ -466,7 +669,7 @@ int main(int argc, char **argv)
     }
 
     if (o.config) {
-        rc = socket_from_config(o.config, &cfgpath);
+        rc = socket_from_config(o.config, "daemon.submit_socket", &cfgpath);
         if (rc != 0)
             goto out;
     }
@@ -509,7 +712,7 @@ int main(int argc, char **argv)
     out = hdr_build(msg, len, added, 1, &outlen);
     if (out == NULL)
         goto out;
-    rc = submit(path, sender, &rcpts, out, outlen, o.verbose);
+    rc = submit(path, sender, &rcpts, out, outlen, &o);
 out:
     list_free(&rcpts);
     free(msg);
@@ -518,5 +721,6 @@ out:
     free(cfgpath);
     free(gecos);
     free(bare);
+    free(o.envid);
     return rc;
 }

@@ -42,6 +42,8 @@
 #define MAILPOOL_MAX_RECIPIENTS 1000
 /* Longest relay profile name accepted in XRELAY=. */
 #define MAILPOOL_MAX_RELAY_NAME 64
+/* Longest ENVID= value (xtext, as sent), RFC 3461 section 4.4. */
+#define MAILPOOL_MAX_ENVID 100
 /*
  * A reply line the daemon sends (code, enhanced code and text, without
  * CRLF) is never longer than this, and a reply never has more lines; a

@@ -25,6 +25,8 @@
 #include "log.h"
 #include "pool.h"
 #include "proto.h"
+#include "queue.h"
+#include "spool.h"
 #include "submit.h"
 
 /* A client must complete a request line within this time, or it is dropped. */
@@ -68,6 +70,7 @@ struct control {
     struct event_base *base;
     const struct config *cfg;
     struct pool *pool;
+    struct queue *queue;
     struct submit_server *submit;
     struct evconnlistener *listener;
     TAILQ_HEAD(, ctl_conn) conns;
@@ -135,6 +138,7 @@ static void cmd_status(struct control *ctl, const struct ctl_request *req, struc
     json_kv_uint(w, "sessions", pool_sessions(ctl->pool));
     json_kv_uint(w, "waiting", pool_waiting(ctl->pool));
     json_kv_uint(w, "messages", messages);
+    json_kv_uint(w, "queued", ctl->queue ? queue_count(ctl->queue) : 0);
     json_object_end(w);
 }
 
@@ -188,10 +192,220 @@ static void cmd_pool(struct control *ctl, const struct ctl_request *req, struct 
     json_object_end(w);
 }
 
-/* Later commands (relays, queue, flush, reload, test, metrics ...) join this table. */
+/* ---- the queue ------------------------------------------------------------ */
+
+/*
+ * Queue ids are what the spool names its files: letters and digits only.
+ * Checking before use keeps paths and odd bytes out of the lookups and logs.
+ */
+static int valid_id(const char *s)
+{
+    size_t n = 0;
+    for (; s[n] != '\0'; n++) {
+        unsigned char c = (unsigned char)s[n];
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')))
+            return 0;
+    }
+    return n > 0 && n <= SPOOL_ID_MAX;
+}
+
+/* A relay profile name as the configuration allows it (also a superset of ids). */
+static int valid_relay_name(const char *s)
+{
+    size_t n = 0;
+    for (; s[n] != '\0'; n++) {
+        unsigned char c = (unsigned char)s[n];
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+              c == '-' || c == '_' || c == '.'))
+            return 0;
+    }
+    return n > 0 && n <= MAILPOOL_MAX_RELAY_NAME;
+}
+
+static const char *rcpt_state_name(char state)
+{
+    switch (state) {
+    case SPOOL_PENDING:
+        return "pending";
+    case SPOOL_DELIVERED:
+        return "delivered";
+    case SPOOL_FAILED:
+        return "failed";
+    case SPOOL_DONE:
+        return "done";
+    }
+    return "unknown";
+}
+
+struct item_json {
+    struct json_writer *w;
+    time_t now;
+};
+
+/* One message as the queue and queue show commands describe it. */
+static void queue_item_json(const struct queue_item_info *it, void *arg)
+{
+    struct item_json *ij = arg;
+    struct json_writer *w = ij->w;
+    json_object_begin(w);
+    json_kv_string(w, "id", it->id);
+    json_kv_int(w, "created", (long long)it->created);
+    json_kv_int(w, "age", ij->now > it->created ? (long long)(ij->now - it->created) : 0);
+    json_kv_string(w, "sender", it->sender);
+    json_kv_string(w, "relay", it->relay);
+    json_kv_uint(w, "size", it->size);
+    json_kv_uint(w, "attempts", it->attempts);
+    /* No time while an attempt runs, nor while held: nothing is scheduled then. */
+    json_key(w, "next_attempt");
+    if (it->busy || it->held || it->next_attempt == 0)
+        json_null(w);
+    else
+        json_int(w, (long long)it->next_attempt);
+    json_kv_string(w, "last_error", it->last_error);
+    json_kv_bool(w, "held", it->held);
+    json_kv_bool(w, "bounce", it->is_bounce);
+    json_key(w, "recipients");
+    json_array_begin(w);
+    for (size_t i = 0; i < it->nrcpts; i++) {
+        json_object_begin(w);
+        json_kv_string(w, "address", it->rcpts[i].addr);
+        json_kv_string(w, "state", rcpt_state_name(it->rcpts[i].state));
+        json_kv_string(w, "last_error", it->rcpts[i].last_error);
+        json_object_end(w);
+    }
+    json_array_end(w);
+    json_object_end(w);
+}
+
+static void count_item(const struct queue_item_info *it, void *arg)
+{
+    (void)it;
+    (void)arg;
+}
+
+static void cmd_queue(struct control *ctl, const struct ctl_request *req, struct json_writer *w)
+{
+    if (req->argc == 2 || (req->argc == 3 && strcmp(req->argv[1], "show") != 0)) {
+        ctl_error(w, "usage: queue [show ID]");
+        return;
+    }
+    if (ctl->queue == NULL) {
+        ctl_error(w, "the queue is not available");
+        return;
+    }
+    struct item_json ij = {.w = w, .now = time(NULL)};
+    if (req->argc == 3) {
+        const char *id = req->argv[2];
+        if (!valid_id(id)) {
+            ctl_error(w, "invalid message id \"%s\"", id);
+            return;
+        }
+        /* Probe first: the answer's shape depends on whether the message exists. */
+        if (queue_foreach(ctl->queue, id, count_item, NULL) == 0) {
+            ctl_error(w, "no such message \"%s\"", id);
+            return;
+        }
+        json_object_begin(w);
+        json_kv_bool(w, "ok", 1);
+        json_key(w, "message");
+        queue_foreach(ctl->queue, id, queue_item_json, &ij);
+        json_object_end(w);
+        return;
+    }
+    json_object_begin(w);
+    json_kv_bool(w, "ok", 1);
+    json_kv_uint(w, "count", queue_count(ctl->queue));
+    json_key(w, "messages");
+    json_array_begin(w);
+    queue_foreach(ctl->queue, NULL, queue_item_json, &ij);
+    json_array_end(w);
+    json_object_end(w);
+}
+
+static void cmd_flush(struct control *ctl, const struct ctl_request *req, struct json_writer *w)
+{
+    const char *target = req->argc == 2 ? req->argv[1] : NULL;
+    if (ctl->queue == NULL) {
+        ctl_error(w, "the queue is not available");
+        return;
+    }
+    if (target != NULL && !valid_relay_name(target)) {
+        ctl_error(w, "invalid message id or relay name \"%s\"", target);
+        return;
+    }
+    long n = queue_flush(ctl->queue, target);
+    if (n < 0) {
+        ctl_error(w, "no such message or relay \"%s\"", target ? target : "");
+        return;
+    }
+    log_info("control: flush %s: %ld messages", target ? target : "all", n);
+    json_object_begin(w);
+    json_kv_bool(w, "ok", 1);
+    json_kv_int(w, "flushed", n);
+    json_object_end(w);
+}
+
+/* hold, release and delete share their checks and their error texts. */
+static void queue_cmd_answer(struct json_writer *w, int rc, const char *id, const char *state_msg)
+{
+    switch (rc) {
+    case QUEUE_OK:
+        json_object_begin(w);
+        json_kv_bool(w, "ok", 1);
+        json_object_end(w);
+        return;
+    case QUEUE_UNKNOWN:
+        ctl_error(w, "no such message \"%s\"", id);
+        return;
+    case QUEUE_BUSY:
+        ctl_error(w, "busy: a delivery attempt is in progress, try again");
+        return;
+    case QUEUE_STATE:
+        ctl_error(w, "%s", state_msg);
+        return;
+    }
+    ctl_error(w, "internal error");
+}
+
+static void cmd_hold(struct control *ctl, const struct ctl_request *req, struct json_writer *w)
+{
+    const char *id = req->argv[1];
+    if (ctl->queue == NULL)
+        ctl_error(w, "the queue is not available");
+    else if (!valid_id(id))
+        ctl_error(w, "invalid message id \"%s\"", id);
+    else
+        queue_cmd_answer(w, queue_hold(ctl->queue, id), id, "already held");
+}
+
+static void cmd_release(struct control *ctl, const struct ctl_request *req, struct json_writer *w)
+{
+    const char *id = req->argv[1];
+    if (ctl->queue == NULL)
+        ctl_error(w, "the queue is not available");
+    else if (!valid_id(id))
+        ctl_error(w, "invalid message id \"%s\"", id);
+    else
+        queue_cmd_answer(w, queue_release(ctl->queue, id), id, "not held");
+}
+
+static void cmd_delete(struct control *ctl, const struct ctl_request *req, struct json_writer *w)
+{
+    const char *id = req->argv[1];
+    if (ctl->queue == NULL)
+        ctl_error(w, "the queue is not available");
+    else if (!valid_id(id))
+        ctl_error(w, "invalid message id \"%s\"", id);
+    else
+        queue_cmd_answer(w, queue_delete(ctl->queue, id), id, "cannot delete it now");
+}
+
+/* Later commands (relays, reload, test, metrics ...) join this table. */
 static const struct ctl_command commands[] = {
-    {"status", 0, 0, "status", cmd_status},
-    {"pool", 0, 0, "pool", cmd_pool},
+    {"status", 0, 0, "status", cmd_status},        {"pool", 0, 0, "pool", cmd_pool},
+    {"queue", 0, 2, "queue [show ID]", cmd_queue}, {"flush", 0, 1, "flush [ID|RELAY]", cmd_flush},
+    {"hold", 1, 1, "hold ID", cmd_hold},           {"release", 1, 1, "release ID", cmd_release},
+    {"delete", 1, 1, "delete ID", cmd_delete},
 };
 
 /* ---- requests --------------------------------------------------------------- */
@@ -517,7 +731,8 @@ static void control_accept_cb(struct evconnlistener *l, evutil_socket_t fd, stru
 /* ---- setup ------------------------------------------------------------------ */
 
 struct control *control_new(struct event_base *base, const struct config *cfg, struct pool *pool,
-                            struct submit_server *submit, int fd, char *err, size_t errlen)
+                            struct queue *queue, struct submit_server *submit, int fd, char *err,
+                            size_t errlen)
 {
     struct control *ctl = calloc(1, sizeof(*ctl));
     if (ctl == NULL) {
@@ -527,6 +742,7 @@ struct control *control_new(struct event_base *base, const struct config *cfg, s
     ctl->base = base;
     ctl->cfg = cfg;
     ctl->pool = pool;
+    ctl->queue = queue;
     ctl->submit = submit;
     TAILQ_INIT(&ctl->conns);
     clock_gettime(CLOCK_MONOTONIC, &ctl->started);

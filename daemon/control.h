@@ -11,17 +11,20 @@
 struct event_base;
 struct config;
 struct pool;
+struct queue;
 struct submit_server;
 struct control;
 
 /*
  * Serve the control protocol on the listening socket fd (not owned; the
- * caller closes and unlinks it after control_free()).  cfg, pool and submit
- * must outlive the control server.  Returns NULL with a message in err when
- * out of memory or when the listener cannot be set up.
+ * caller closes and unlinks it after control_free()).  cfg, pool, queue and
+ * submit must outlive the control server (queue and submit may be NULL: the
+ * commands that need them then answer with an error).  Returns NULL with a
+ * message in err when out of memory or when the listener cannot be set up.
  */
 struct control *control_new(struct event_base *base, const struct config *cfg, struct pool *pool,
-                            struct submit_server *submit, int fd, char *err, size_t errlen);
+                            struct queue *queue, struct submit_server *submit, int fd, char *err,
+                            size_t errlen);
 
 /* Close every control connection (unsent answers are dropped) and free. NULL is fine. */
 void control_free(struct control *ctl);

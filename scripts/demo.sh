@@ -47,6 +47,7 @@ daemon = {
   hostname = "demo.mailpool.test";
   submit_socket = "$work/submit.sock";
   control_socket = "$work/control.sock";
+  spool_dir = "$work/spool";
   log_level = "info";
 };
 default_relay = "upstream";
@@ -69,7 +70,7 @@ pids="$pids $!"
 wait_for "$work/submit.sock" "mailpoold"
 export MAILPOOL_SOCKET="$work/submit.sock"
 
-echo "== sending with mailpool-sendmail"
+echo "== sending with mailpool-sendmail (queue mode: durable first, then delivered)"
 printf 'Subject: hello from mailpool-sendmail\n\nThis went through mailpoold.\n' |
     build/mailpool-sendmail -f cron@demo.mailpool.test ops@example.test
 echo "   exit status $?"
@@ -78,6 +79,13 @@ echo "== sending with the library example"
 printf 'Subject: hello from libmailpool\n\nSent with mailpool_send().\n' |
     build/mailpool-example-send app@demo.mailpool.test dev@example.test
 
+# mailpool-sendmail uses queue mode: it returned once the message was on disk,
+# and delivery follows at once; give it a moment.
+i=0
+while [ "$(ls "$work"/mail/msg-*.env 2>/dev/null | wc -l)" -lt 2 ] && [ $i -lt 100 ]; do
+    i=$((i + 1))
+    sleep 0.1
+done
 echo "== what the upstream received"
 n=0
 for env in "$work"/mail/msg-*.env; do

@@ -211,6 +211,30 @@ def parameters(c):
         c.eq(mail_lines(f), ["MAIL FROM:<me@example.org>"], "no BODY/SIZE when not offered")
 
 
+def dsn_parameters(c):
+    with Fake() as f:
+        probe(f, rcpts=["a@x.test", "b@x.test"],
+              opts=["-N", "SUCCESS,FAILURE,DELAY", "-R", "HDRS", "-E", "id+2B1"])
+        probe(f, opts=["-N", "NEVER", "-R", "FULL"])
+        probe(f)
+        m = mail_lines(f)
+        r = [l for l in f.commands() if l.startswith("RCPT ")]
+        c.true(m[0].endswith(" RET=HDRS ENVID=id+2B1"), "RET and ENVID on MAIL: %r" % m[0])
+        c.eq(r[:2], ["RCPT TO:<a@x.test> NOTIFY=SUCCESS,FAILURE,DELAY",
+                     "RCPT TO:<b@x.test> NOTIFY=SUCCESS,FAILURE,DELAY"], "NOTIFY on each RCPT")
+        c.true(m[1].endswith(" RET=FULL") and r[2].endswith(" NOTIFY=NEVER"), "NEVER/FULL")
+        c.true("RET=" not in m[2] and "ENVID=" not in m[2] and r[3:] == ["RCPT TO:<you@example.org>"],
+               "nothing when not asked: %r %r" % (m[2], r[3:]))
+        sent = len(m)
+        for opts in (["-N", "NEVER,SUCCESS"], ["-N", "SUCCESS,SUCCESS"], ["-N", ""],
+                     ["-N", "SUCCESS,"], ["-N", "SOMETIMES"], ["-R", "BODY"], ["-R", ""],
+                     ["-E", "a b"], ["-E", "a=b"], ["-E", "a+2b"], ["-E", "a+2"], ["-E", "a+0A"],
+                     ["-E", "x" * 101], ["-E", ""], ["-E", "caf\u00e9"]):
+            out = probe(f, opts=opts)
+            c.eq(sends(out), ["send ARGS"], "refused: %r" % opts)
+        c.eq(len(mail_lines(f)), sent, "nothing sent for bad DSN values")
+
+
 def bad_addresses(c):
     bad = ["a\rb@x.test", "a\nb@x.test", "a\tb@x.test", "a\x1bb@x.test", "a b@x.test",
            "a\x7f@x.test", "<a@x.test>", "a@x.test>", "a@", "@x.test", "x" * 65 + "@x.test",
@@ -342,7 +366,8 @@ CASES = {f.__name__: f for f in (
     example,
     greeting_421, greeting_garbage, no_daemon, timeout, pipelining, partial, all_temporary,
     all_permanent, mail_refused, data_refused, body_encoding, parameters, bad_addresses,
-    wrong_thread, long_reply, reply_parsing, gone_421, early_close, reuse, env_socket)}
+    wrong_thread, long_reply, reply_parsing, gone_421, early_close, reuse, env_socket,
+    dsn_parameters)}
 
 if __name__ == "__main__":
     main(CASES)

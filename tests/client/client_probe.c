@@ -86,7 +86,7 @@ int main(int argc, char **argv)
     mailpool_status st;
 
     memset(&j, 0, sizeof j);
-    while ((c = getopt(argc, argv, "T:Fr:m:n:x")) != -1) {
+    while ((c = getopt(argc, argv, "T:Fr:m:n:xN:R:E:")) != -1) {
         switch (c) {
         case 'T':
             timeout = (unsigned)atoi(optarg);
@@ -99,6 +99,15 @@ int main(int argc, char **argv)
             break;
         case 'm':
             j.env.mode = optarg;
+            break;
+        case 'N':
+            j.env.notify = optarg;
+            break;
+        case 'R':
+            j.env.ret = optarg;
+            break;
+        case 'E':
+            j.env.envid = optarg;
             break;
         case 'n':
             count = atoi(optarg);

@@ -68,8 +68,9 @@ def header_addition(c):
                "Message-ID %r" % msgid)
         c.true(b'From: "Jane Q. Public" <jq@example.org>' in hdr, "From added, quoted: %r" % hdr)
         c.eq(mail_lines(f)[0].split(" ")[1], "FROM:<jq@example.org>", "-f is the sender")
-        c.true("XMODE=relay" in mail_lines(f)[0], "relay mode for now")
-        sendmail(f, ["a@x.test"])
+        c.true("XMODE=queue" in mail_lines(f)[0], "queue mode by default")
+        sendmail(f, ["-odi", "a@x.test"])
+        c.true("XMODE=relay" in mail_lines(f)[1], "-odi asks for relay mode")
         other = [l for l in header_block(f.data(2)) if l.startswith(b"Message-ID: ")]
         c.true(other and msgid and other != msgid, "Message-IDs differ")
     full = (b"Date: Mon, 1 Jan 2024 00:00:00 +0000\nMessage-ID: <fixed@x>\n"
@@ -195,14 +196,51 @@ def ignored_flags(c):
 
 def unsupported(c):
     with Fake() as f:
-        for args in (["-bp"], ["-q"], ["-q30m"], ["-bs"], ["-N", "never", "a@x.test"],
-                     ["-R", "hdrs", "a@x.test"], ["-V", "envid", "a@x.test"]):
+        rc, out, err = sendmail(f, ["-bs"])
+        c.eq(rc, 64, "EX_USAGE for -bs")
+        c.true("not supported yet" in err, "clear message for -bs: %r" % err)
+        for args in (["-bd"], ["-qSfoo"], ["-qX"], ["-q", "I1"]):
             rc, out, err = sendmail(f, args)
             c.eq(rc, 64, "EX_USAGE for %r" % args)
-            c.true("not supported yet" in err, "clear message for %r: %r" % (args, err))
-        rc, out, err = sendmail(f, ["-bd"])
-        c.eq(rc, 64, "-bd refused")
+        # -q<interval> asks for a queue daemon: ignored, as Postfix does.
+        rc, out, err = sendmail(f, ["-q30m"])
+        c.eq(rc, 0, "-q30m ignored (stderr %r)" % err)
+        c.true("ignored" in err, "says so: %r" % err)
         c.eq(mail_lines(f), [], "nothing sent")
+
+
+def dsn(c):
+    with Fake() as f:
+        rc, out, err = sendmail(f, ["-N", "success,delay", "-R", "hdrs", "-V", "job-42",
+                                    "a@x.test", "b@x.test"])
+        c.eq(rc, 0, "exit code (stderr %r)" % err)
+        mail = mail_lines(f)[0]
+        c.true(mail.endswith(" RET=HDRS ENVID=job-42"), "MAIL carries RET and ENVID: %r" % mail)
+        c.eq(rcpt_lines(f), ["RCPT TO:<a@x.test> NOTIFY=SUCCESS,DELAY",
+                             "RCPT TO:<b@x.test> NOTIFY=SUCCESS,DELAY"], "NOTIFY on every RCPT")
+        # Case does not matter on the command line; the wire form is upper case.
+        rc, out, err = sendmail(f, ["-N", "Never", "-R", "FULL", "a@x.test"])
+        c.eq(rc, 0, "-N Never")
+        c.true(mail_lines(f)[1].endswith(" RET=FULL"), "RET=FULL: %r" % mail_lines(f)[1])
+        c.eq(rcpt_lines(f)[2], "RCPT TO:<a@x.test> NOTIFY=NEVER", "NOTIFY=NEVER")
+        # ENVID is xtext: '+', '=' and spaces are encoded.
+        rc, out, err = sendmail(f, ["-V", "a+b=c d", "a@x.test"])
+        c.eq(rc, 0, "-V with specials")
+        c.true(mail_lines(f)[2].endswith(" ENVID=a+2Bb+3Dc+20d"),
+               "xtext ENVID: %r" % mail_lines(f)[2])
+        # Without the flags nothing DSN-related is sent.
+        sendmail(f, ["a@x.test"])
+        c.true("RET=" not in mail_lines(f)[3] and "ENVID=" not in mail_lines(f)[3]
+               and rcpt_lines(f)[-1] == "RCPT TO:<a@x.test>", "no DSN parameters by default")
+        sent = len(mail_lines(f))
+        for args in (["-N", "sometimes"], ["-N", "never,success"], ["-N", "success,success"],
+                     ["-N", ""], ["-N", "success,"], ["-R", "body"], ["-V", "a\x01b"],
+                     ["-V", "caf\u00e9"], ["-V", "x" * 101], ["-V", "+" * 40], ["-V", ""]):
+            rc, out, err = sendmail(f, args + ["a@x.test"])
+            c.eq(rc, 64, "EX_USAGE for %r" % args)
+            c.true(err.startswith("mailpool-sendmail: -%s" % args[0][1]),
+                   "names the option for %r: %r" % (args, err))
+        c.eq(len(mail_lines(f)), sent, "nothing sent for bad DSN flags")
 
 
 def env_socket(c):
@@ -256,7 +294,7 @@ def stdin_error(c):
 CASES = {f.__name__: f for f in (
     recipients_t, header_addition, dot_line, bad_sender, dash_recipient, no_daemon, tempfail,
     nouser, unavailable, partial, ignored_flags, unsupported, env_socket, config_file, verbose,
-    stdin_error)}
+    stdin_error, dsn)}
 
 if __name__ == "__main__":
     main(CASES)

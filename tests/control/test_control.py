@@ -18,8 +18,8 @@ import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "integ"))
-from mpharness import (MSG, SENDER, TestFailure, binary, check, delivered_ok, main,  # noqa: E402
-                       send_one, wait_for)
+from mpharness import (MSG, SENDER, Daemon, TestFailure, binary, check,  # noqa: E402
+                       client_commands, delivered_ok, main, send_one, wait_for)
 
 MAX_LINE = 1024  # MAILPOOL_MAX_CONTROL_LINE in common/proto.h
 
@@ -157,14 +157,15 @@ def case_status_fields(s):
     check(raw.startswith("{") and " " not in raw, "not one compact JSON line: %r" % raw)
     want = {"ok": bool, "version": str, "uptime": int, "pid": int, "clients": int,
             "busy_clients": int, "relays": int, "sessions": int, "waiting": int,
-            "messages": int}
+            "messages": int, "queued": int}
     check(set(st) == set(want), "status members %r, want %r" % (sorted(st), sorted(want)))
     for k, t in want.items():
         check(isinstance(st[k], t) and (t is bool or not isinstance(st[k], bool)),
               "status %s=%r is not %s" % (k, st[k], t.__name__))
     check(st["ok"] is True and st["version"] == "0.1.0", "status: %r" % st)
     check(st["pid"] == d.pid, "pid %r, daemon is %d" % (st["pid"], d.pid))
-    check(st["relays"] == 1 and st["messages"] == 0 and st["sessions"] == 0, "status: %r" % st)
+    check(st["relays"] == 1 and st["messages"] == 0 and st["sessions"] == 0
+          and st["queued"] == 0, "status: %r" % st)
     check(0 <= st["uptime"] < 60, "uptime %r" % st["uptime"])
     # A connected LMTP client is counted; one in a transaction is busy.
     c = d.lmtp()
@@ -591,6 +592,286 @@ def case_ctl_hostile_daemon(s):
     check(results[4][0] == 69, "closed without answer: %r" % (results[4],))
     check(results[5][0] == 0 and "\x1b" not in results[5][1] and "\x07" not in results[5][1],
           "escape in a value: %r" % (results[5],))
+
+
+# ---- the queue -------------------------------------------------------------------
+
+DEFER_ALL = "on rcpt reply 451 4.3.0 try again later\n"
+DEFER_FIRST = "on rcpt #1 reply 451 4.3.0 try again later\n"
+
+
+def accepts(path):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sk:
+        try:
+            sk.connect(path)
+            return True
+        except OSError:
+            return False
+
+
+def start_queue(s, script=DEFER_ALL):
+    """mailpoold with one queue-mode relay "up" to fakesmtp running `script`,
+    retries a minute apart so a deferred message stays put.  Returns
+    (daemon, upstream)."""
+    up = s.fakesmtp(script)
+    ctl_path = os.path.join(s.subdir("ctl"), "control.sock")
+    text = s.config(s.relay(up.port, mode="queue"),
+                    extra_daemon='control_socket = "%s";' % ctl_path)
+    d = Daemon(s, text + "spool = { retry_min = 60; };\n")
+    d.control = ctl_path
+    d.spool = os.path.join(d.dir, "spool")
+    # The file appears at bind(), a moment before listen(): wait until it accepts.
+    wait_for(lambda: accepts(ctl_path), 5, "the control socket")
+    return d, up
+
+
+def rcpt_count(up):
+    return sum(1 for l in client_commands(up) if l.upper().startswith("RCPT"))
+
+
+def queue_list(d):
+    _, q = request(d, "queue")
+    check(q.get("ok") is True and is_int(q.get("count")) and isinstance(q.get("messages"), list),
+          "queue answer: %r" % q)
+    check(q["count"] == len(q["messages"]), "count %r for %d messages" % (q["count"],
+                                                                          len(q["messages"])))
+    return q["messages"]
+
+
+def settled(d, attempts=1):
+    """Wait until the only queued message has had `attempts` attempts and
+    waits for the next one; returns its listing entry."""
+    def ready():
+        msgs = queue_list(d)
+        if len(msgs) == 1 and msgs[0]["attempts"] >= attempts and \
+                msgs[0]["next_attempt"] is not None:
+            return msgs[0]
+        return None
+    return wait_for(ready, 15, "%d delivery attempt(s) to finish" % attempts)
+
+
+def queue_one(d, rcpts=("bob@example.test",)):
+    """Submit one message in queue mode; returns its listing entry once the
+    first attempt was deferred."""
+    r = send_one(d, rcpts=rcpts)
+    delivered_ok(r, len(rcpts))
+    return settled(d)
+
+
+def case_queue_list(s):
+    d, up = start_queue(s)
+    check(queue_list(d) == [], "queue not empty at start")
+    before = int(time.time())
+    m = queue_one(d, rcpts=("bob@example.test", "carol@example.test"))
+    want = {"id", "created", "age", "sender", "relay", "size", "attempts", "next_attempt",
+            "last_error", "held", "bounce", "recipients"}
+    check(set(m) == want, "members %r, want %r" % (sorted(m), sorted(want)))
+    check(isinstance(m["id"], str) and m["id"].isalnum() and len(m["id"]) <= 32, "id: %r" % m)
+    check(before - 1 <= m["created"] <= time.time() + 1, "created: %r" % m)
+    check(is_int(m["age"]) and 0 <= m["age"] < 30, "age: %r" % m)
+    check(m["sender"] == SENDER and m["relay"] == "up", "sender/relay: %r" % m)
+    check(is_int(m["size"]) and m["size"] >= len(MSG), "size: %r" % m)
+    check(m["attempts"] == 1, "attempts: %r" % m)
+    # retry_min = 60: the next attempt is about a minute away.
+    check(is_int(m["next_attempt"]) and time.time() + 30 < m["next_attempt"] < time.time() + 90,
+          "next_attempt: %r (now %d)" % (m, time.time()))
+    check(m["held"] is False and m["bounce"] is False, "held/bounce: %r" % m)
+    rc = m["recipients"]
+    check([r["address"] for r in rc] == ["bob@example.test", "carol@example.test"],
+          "recipients: %r" % rc)
+    for r in rc:
+        check(r["state"] == "pending", "state: %r" % r)
+        check(r["last_error"] is None or "451" in r["last_error"], "rcpt last_error: %r" % r)
+    errors = [m["last_error"]] + [r["last_error"] for r in rc]
+    check(any(e and "451" in e and "try again later" in e for e in errors),
+          "the 451 is not reported: %r" % m)
+    check(status_ok(d)["queued"] == 1, "status queued")
+    check(os.path.exists(os.path.join(d.spool, "queue", m["id"])), "no spool file for %r" % m)
+    # queue show ID: the same object.
+    _, sh = request(d, "queue show %s" % m["id"])
+    check(sh.get("ok") is True and set(sh) == {"ok", "message"}, "show: %r" % sh)
+    same = dict(sh["message"])
+    same.pop("age")
+    m.pop("age")
+    check(same == m, "show differs from the listing:\n%r\n%r" % (same, m))
+
+
+def case_queue_show_unknown(s):
+    d, up = start_queue(s)
+    raw, obj = request(d, "queue show 0123456789ABCDEF")
+    check(raw == '{"ok":false,"error":"no such message \\"0123456789ABCDEF\\""}',
+          "unknown id: %r" % raw)
+    # Ids are checked before use: no paths, no odd bytes, no long ones.
+    for bad in ("../queue/x", "a.b", "x" * 33, "a%00"):
+        _, obj = request(d, "queue show %s" % bad)
+        expect_error(obj, "invalid message id")
+    for line in ("queue show", "queue list x", "queue x", "queue show a b"):
+        _, obj = request(d, line)
+        expect_error(obj, "usage")
+    for cmd in ("hold", "release", "delete"):
+        _, obj = request(d, "%s 0123456789ABCDEF" % cmd)
+        expect_error(obj, 'no such message "0123456789ABCDEF"')
+        _, obj = request(d, "%s ../../etc" % cmd)
+        expect_error(obj, "invalid message id")
+        _, obj = request(d, cmd)
+        expect_error(obj, "usage: %s ID" % cmd)
+    _, obj = request(d, "flush nosuchthing")
+    expect_error(obj, "no such message or relay")
+    _, obj = request(d, "flush a/b")
+    expect_error(obj, "invalid")
+
+
+def case_queue_flush(s):
+    d, up = start_queue(s)
+    m = queue_one(d)
+    check(rcpt_count(up) == 1, "RCPTs before flush: %d" % rcpt_count(up))
+    _, f = request(d, "flush")
+    check(f == {"ok": True, "flushed": 1}, "flush: %r" % f)
+    m2 = settled(d, attempts=2)
+    check(m2["attempts"] == 2 and m2["id"] == m["id"], "after flush: %r" % m2)
+    check(rcpt_count(up) == 2, "the server saw %d attempts, want 2" % rcpt_count(up))
+    # By id and by relay name.
+    _, f = request(d, "flush %s" % m["id"])
+    check(f == {"ok": True, "flushed": 1}, "flush ID: %r" % f)
+    settled(d, attempts=3)
+    _, f = request(d, "flush up")
+    check(f == {"ok": True, "flushed": 1}, "flush RELAY: %r" % f)
+    settled(d, attempts=4)
+    check(rcpt_count(up) == 4, "the server saw %d attempts, want 4" % rcpt_count(up))
+    # mailpoolctl flush
+    rc, out, err = ctl(d, "flush")
+    check(rc == 0 and "1 message" in out, "mailpoolctl flush: %d %r %r" % (rc, out, err))
+    settled(d, attempts=5)
+    rc, out, err = ctl(d, "flush", "nosuchrelay")
+    check(rc == 1 and "no such message or relay" in err, "flush unknown: %d %r" % (rc, err))
+
+
+def case_queue_hold_release(s):
+    d, up = start_queue(s, DEFER_FIRST)
+    m = queue_one(d)
+    mid = m["id"]
+    _, h = request(d, "hold %s" % mid)
+    check(h == {"ok": True}, "hold: %r" % h)
+    wait_for(lambda: os.path.exists(os.path.join(d.spool, "hold", mid)), 10,
+             "the file in spool/hold/")
+    check(not os.path.exists(os.path.join(d.spool, "queue", mid)), "still in spool/queue/")
+    wait_for(lambda: queue_list(d)[0]["held"] is True, 5, "held in the listing")
+    check(queue_list(d)[0]["next_attempt"] is None, "a held message has no next attempt")
+    _, h = request(d, "hold %s" % mid)
+    expect_error(h, "already held")
+    # No attempt while held, not even when asked for.
+    _, f = request(d, "flush")
+    check(f == {"ok": True, "flushed": 0}, "flush of a held message: %r" % f)
+    time.sleep(1.5)
+    check(rcpt_count(up) == 1, "attempts while held: %d RCPTs" % rcpt_count(up))
+    rc, out, err = ctl(d, "queue")
+    check(rc == 0 and "held" in out, "mailpoolctl shows held:\n%s" % out)
+    # Release: the server now accepts (#1 only was deferred), so it is delivered.
+    rc, out, err = ctl(d, "release", mid)
+    check(rc == 0 and mid in out, "mailpoolctl release: %d %r %r" % (rc, out, err))
+    wait_for(lambda: queue_list(d) == [], 15, "delivery after release")
+    check(rcpt_count(up) == 2, "RCPTs: %d" % rcpt_count(up))
+    up.wait_log("* message n=1")
+    for sub in ("queue", "hold"):
+        check(not os.path.exists(os.path.join(d.spool, sub, mid)), "file left in %s/" % sub)
+    _, r = request(d, "release %s" % mid)
+    expect_error(r, "no such message")
+
+
+def case_queue_release_not_held(s):
+    d, up = start_queue(s)
+    m = queue_one(d)
+    _, r = request(d, "release %s" % m["id"])
+    expect_error(r, "not held")
+    rc, out, err = ctl(d, "release", m["id"])
+    check(rc == 1 and "not held" in err, "mailpoolctl release: %d %r" % (rc, err))
+
+
+def case_queue_delete(s):
+    d, up = start_queue(s)
+    m = queue_one(d)
+    mid = m["id"]
+    path = os.path.join(d.spool, "queue", mid)
+    check(os.path.exists(path), "no spool file")
+    _, r = request(d, "delete %s" % mid)
+    check(r == {"ok": True}, "delete: %r" % r)
+    # The file is removed in the background; the listing follows once it is gone.
+    wait_for(lambda: queue_list(d) == [], 10, "the message to leave the listing")
+    wait_for(lambda: not os.path.exists(path), 10, "the spool file to go")
+    check(status_ok(d)["queued"] == 0, "status queued after delete")
+    _, r = request(d, "delete %s" % mid)
+    expect_error(r, 'no such message "%s"' % mid)
+    _, r = request(d, "queue show %s" % mid)
+    expect_error(r, "no such message")
+    # mailpoolctl delete of an unknown id: exit 1 with the daemon's message.
+    rc, out, err = ctl(d, "delete", mid)
+    check(rc == 1 and "no such message" in err, "mailpoolctl delete: %d %r" % (rc, err))
+    time.sleep(0.5)
+    check(rcpt_count(up) == 1, "deleted message was retried")
+
+
+def case_queue_busy(s):
+    # The server sits on RCPT for a while: the attempt is in progress meanwhile.
+    d, up = start_queue(s, "on rcpt #1 delay 3000\non rcpt reply 451 4.3.0 later\n")
+    delivered_ok(send_one(d))
+    up.wait_log("RCPT")
+    msgs = queue_list(d)
+    check(len(msgs) == 1 and msgs[0]["next_attempt"] is None,
+          "in progress has no next attempt: %r" % msgs)
+    mid = msgs[0]["id"]
+    for cmd in ("hold", "delete"):
+        _, r = request(d, "%s %s" % (cmd, mid))
+        check(r == {"ok": False, "error": "busy: a delivery attempt is in progress, try again"},
+              "%s while busy: %r" % (cmd, r))
+    _, f = request(d, "flush %s" % mid)
+    check(f == {"ok": True, "flushed": 0}, "flush while busy: %r" % f)
+    settled(d)
+    _, r = request(d, "delete %s" % mid)
+    check(r == {"ok": True}, "delete after the attempt: %r" % r)
+
+
+def case_ctl_queue_table(s):
+    d, up = start_queue(s)
+    rc, out, err = ctl(d, "queue")
+    check(rc == 0 and out == "the queue is empty\n", "empty queue: %d %r %r" % (rc, out, err))
+    m = queue_one(d, rcpts=("bob@example.test", "carol@example.test"))
+    rc, out, err = ctl(d, "queue")
+    check(rc == 0 and err == "", "queue: %d %r" % (rc, err))
+    lines = out.splitlines()
+    check(lines[0].split() == ["ID", "AGE", "SIZE", "SENDER", "RCPTS", "ATTEMPTS", "NEXT",
+                               "LAST", "ERROR"], "header:\n%s" % out)
+    row = lines[1].split()
+    check(row[0] == m["id"] and row[2] == str(m["size"]) and row[3] == SENDER
+          and row[4] == "2/2" and row[5] == "1" and row[6] == "in", "row:\n%s" % out)
+    check(row[7].endswith("s") or row[7].endswith("m00s") or "m" in row[7], "NEXT:\n%s" % out)
+    rl = [l for l in lines[2:] if l.startswith("    ")]
+    check(len(rl) == 2 and rl[0].split()[:2] == ["bob@example.test", "pending"]
+          and rl[1].split()[:2] == ["carol@example.test", "pending"], "recipients:\n%s" % out)
+    rc, out, err = ctl(d, "queue", "show", m["id"])
+    check(rc == 0, "queue show: %d %r" % (rc, err))
+    rows = {}
+    for l in out.splitlines():
+        parts = l.split(None, 1)
+        if len(parts) == 2:
+            rows.setdefault(parts[0], parts[1])
+    check(rows.get("id") == m["id"] and rows.get("sender") == SENDER
+          and rows.get("relay") == "up" and rows.get("attempts") == "1"
+          and rows.get("held") == "no", "queue show:\n%s" % out)
+    check("recipients:" in out and "  bob@example.test" in out, "queue show rcpts:\n%s" % out)
+    rc, out, err = ctl(d, "queue", "show", "FFFF")
+    check(rc == 1 and 'no such message "FFFF"' in err, "show unknown: %d %r" % (rc, err))
+    rc, out, err = ctl(d, "--json", "queue")
+    raw, _ = request(d, "queue")
+    check(rc == 0 and json.loads(out)["messages"][0]["id"] == m["id"], "--json queue: %r" % out)
+    rc, out, err = ctl(d, "hold", m["id"])
+    check(rc == 0 and out == "%s: held\n" % m["id"], "hold: %d %r %r" % (rc, out, err))
+    # The move to hold/ completes in the background (the message shows busy meanwhile).
+    wait_for(lambda: request(d, "queue show " + m["id"])[1]["message"]["held"], 10,
+             "the hold to complete")
+    rc, out, err = ctl(d, "hold", m["id"])
+    check(rc == 1 and "already held" in err, "hold twice: %d %r" % (rc, err))
+    rc, out, err = ctl(d, "delete", "x/y")
+    check(rc == 1 and "invalid message id" in err, "bad id: %d %r" % (rc, err))
 
 
 CASES = {name[5:]: fn for name, fn in sorted(globals().items()) if name.startswith("case_")}

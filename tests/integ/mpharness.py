@@ -259,7 +259,8 @@ class Daemon:
         self.log_path = os.path.join(self.dir, "stderr.log")
         with open(self.conf, "w") as f:
             f.write(config_text.replace("@SOCKET@", self.socket)
-                    .replace("@CONTROL@", os.path.join(self.dir, "control.sock")))
+                    .replace("@CONTROL@", os.path.join(self.dir, "control.sock"))
+                    .replace("@SPOOL@", os.path.join(self.dir, "spool")))
         self.stopped = False
         cmd = [binary("mailpoold"), "-c", self.conf]
         self.vg_log = None
@@ -471,13 +472,27 @@ class Scope:
         return "%s = { %s };" % (name, " ".join(parts))
 
     def config(self, *relays, max_size=36700160, client_timeout=30, log_level="debug",
-               default="up", extra_daemon=""):
+               default="up", extra_daemon="", spool=None):
+        """`spool` is a dict for the top-level spool section: ints (written
+        with an L suffix past 2^31-1) and strings."""
+        spool_text = ""
+        if spool:
+            items = []
+            for k, v in spool.items():
+                if isinstance(v, str):
+                    items.append('%s = "%s";' % (k, v))
+                else:
+                    items.append("%s = %d%s;" % (k, v, "L" if v > 2147483647 else ""))
+            spool_text = "spool = { %s };\n" % " ".join(items)
         if "control_socket" not in extra_daemon:
             extra_daemon += ' control_socket = "@CONTROL@";'
+        if "spool_dir" not in extra_daemon:
+            extra_daemon += ' spool_dir = "@SPOOL@";'
         return ('daemon = { hostname = "client.test"; submit_socket = "@SOCKET@"; '
                 'log_level = "%s"; max_message_size = %d; client_timeout = %d; %s };\n'
                 'default_relay = "%s";\nrelays = { %s };\n'
-                % (log_level, max_size, client_timeout, extra_daemon, default, " ".join(relays)))
+                % (log_level, max_size, client_timeout, extra_daemon, default, " ".join(relays))
+                + spool_text)
 
     def daemon(self, *relays, env=None, **kw):
         """Start mailpoold with these relay blocks (see relay()); `env` adds

@@ -7,7 +7,7 @@ Usage: test_cli.py CASE"""
 import os
 import subprocess
 
-from mpharness import binary, check, main
+from mpharness import binary, check, main, wait_for
 
 MSG_T = (b"From: Alice <alice@client.test>\r\nTo: Bob <bob@example.test>\r\n"
          b"Cc: carol@example.test\r\nBcc: secret@example.test\r\nSubject: via sendmail\r\n"
@@ -42,7 +42,8 @@ def case_check_config_ok(s):
     conf = os.path.join(s.subdir("conf"), "ok.conf")
     with open(conf, "w") as f:
         f.write(s.config(s.relay(up.port)).replace("@SOCKET@", os.path.join(s.dir, "x.sock"))
-                .replace("@CONTROL@", os.path.join(s.dir, "c.sock")))
+                .replace("@CONTROL@", os.path.join(s.dir, "c.sock"))
+                .replace("@SPOOL@", os.path.join(s.dir, "spool")))
     rc, out, err = run([binary("mailpoold"), "--check-config", "-c", conf])
     check(rc == 0, "--check-config on a good file: exit %d\n%s%s" % (rc, out, err))
     check(not os.path.exists(os.path.join(s.dir, "x.sock")), "--check-config started serving")
@@ -52,7 +53,8 @@ def _bad_config(s, text, line, needle):
     conf = os.path.join(s.subdir("conf"), "bad.conf")
     with open(conf, "w") as f:
         f.write(text.replace("@SOCKET@", os.path.join(s.dir, "x.sock"))
-                .replace("@CONTROL@", os.path.join(s.dir, "c.sock")))
+                .replace("@CONTROL@", os.path.join(s.dir, "c.sock"))
+                .replace("@SPOOL@", os.path.join(s.dir, "spool")))
     rc, out, err = run([binary("mailpoold"), "--check-config", "-c", conf])
     both = out + err
     check(rc == 1, "--check-config on a bad file: exit %d\n%s" % (rc, both))
@@ -104,6 +106,8 @@ def case_sendmail_t_bcc(s):
     d = s.daemon(s.relay(up.port))
     rc, out, err = sendmail(d, ["-t", "-i"], MSG_T)
     check(rc == 0, "sendmail -t: exit %d: %s" % (rc, err))
+    # Queue mode: delivery follows the durable 250.
+    wait_for(lambda: len(up.messages()) == 1, 10, "the message at the upstream")
     msgs = up.messages()
     check(len(msgs) == 1, "expected one message upstream, got %r" % msgs)
     m = msgs[0]
@@ -123,6 +127,7 @@ def case_sendmail_args_and_dots(s):
     body = b"Subject: dots\n\n.leading dot\n..two\nend\n"
     rc, out, err = sendmail(d, ["-i", "-f", "cron@client.test", "bob@example.test"], body)
     check(rc == 0, "exit %d: %s" % (rc, err))
+    wait_for(lambda: len(up.messages()) == 1, 10, "the message at the upstream")
     m = up.messages()[0]
     check(m.mail_from == "cron@client.test", "sender: %r" % m.mail_from)
     check(b"\r\n.leading dot\r\n..two\r\nend\r\n" in m.eml, "body not delivered exactly: %r"
@@ -132,14 +137,14 @@ def case_sendmail_args_and_dots(s):
 def case_sendmail_exit_4xx(s):
     up = s.fakesmtp("on rcpt reply 451 4.3.0 try later\n")
     d = s.daemon(s.relay(up.port))
-    rc, out, err = sendmail(d, ["-i", "bob@example.test"], b"Subject: x\n\nx\n")
+    rc, out, err = sendmail(d, ["-odi", "-i", "bob@example.test"], b"Subject: x\n\nx\n")
     check(rc == 75, "upstream 4xx: expected EX_TEMPFAIL 75, got %d: %s" % (rc, err))
 
 
 def case_sendmail_exit_5xx(s):
     up = s.fakesmtp("on rcpt reply 550 5.1.1 no such user\n")
     d = s.daemon(s.relay(up.port))
-    rc, out, err = sendmail(d, ["-i", "bob@example.test"], b"Subject: x\n\nx\n")
+    rc, out, err = sendmail(d, ["-odi", "-i", "bob@example.test"], b"Subject: x\n\nx\n")
     check(rc in (67, 69), "upstream 5xx: expected EX_NOUSER/EX_UNAVAILABLE, got %d: %s"
           % (rc, err))
 
@@ -158,8 +163,22 @@ def case_sendmail_upstream_down(s):
     port = up.port
     up.stop()
     d = s.daemon(s.relay(port, timeout=2))
-    rc, out, err = sendmail(d, ["-i", "bob@example.test"], b"Subject: x\n\nx\n")
+    rc, out, err = sendmail(d, ["-odi", "-i", "bob@example.test"], b"Subject: x\n\nx\n")
     check(rc == 75, "relay down: expected 75, got %d: %s" % (rc, err))
+
+
+def case_sendmail_queue_mode_relay_down(s):
+    # Queue mode (the default): the relay is down, yet the message is safe
+    # on disk, so the caller is told 0 and the message waits in the queue.
+    up = s.fakesmtp("")
+    port = up.port
+    up.stop()
+    d = s.daemon(s.relay(port, timeout=2))
+    rc, out, err = sendmail(d, ["-i", "bob@example.test"], b"Subject: x\n\nx\n")
+    check(rc == 0, "queue mode with the relay down: expected 0, got %d: %s" % (rc, err))
+    d.wait_log("status=deferred")
+    queued = os.listdir(os.path.join(d.dir, "spool", "queue"))
+    check(len(queued) == 1, "expected one spool file, found %r" % queued)
 
 
 def case_sendmail_bad_recipient_arg(s):

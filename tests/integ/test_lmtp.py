@@ -6,8 +6,8 @@ Usage: test_lmtp.py CASE"""
 import socket
 import time
 
-from mpharness import (SENDER, ConnectionClosed, check, client_commands, delivered_ok,
-                       main, send_one)
+from mpharness import (MSG, SENDER, ConnectionClosed, check, client_commands, delivered_ok,
+                       expect_codes, main, send_one, wait_for)
 
 
 def setup(s, **kw):
@@ -235,13 +235,17 @@ def case_xrelay_choice(s):
     check(len(up1.messages()) == 1, "default relay not used")
 
 
-def case_xmode_queue_refused(s):
+def case_xmode_queue(s):
+    # XMODE=queue: the answer is "queued as ID" once the message is on disk,
+    # whatever the relay's own mode; an unknown mode is refused.
     up, d = setup(s)
     with d.lmtp() as c:
-        r = c.cmd("MAIL FROM:<%s> XMODE=queue" % SENDER)
-        check(r.code == 555, "XMODE=queue without a spool: %r" % r)
+        r = c.send(SENDER, ["bob@example.test"], MSG, mail_params="XMODE=queue")
+        expect_codes(r.results, [250])
+        check("queued as" in r.results[0].text, "not a queued answer: %r" % r.results[0])
         r = c.cmd("MAIL FROM:<%s> XMODE=bogus" % SENDER)
         check(r.code == 501, "XMODE=bogus: %r" % r)
+    wait_for(lambda: len(up.messages()) == 1, 10, "the queued message at the upstream")
 
 
 def case_pipelined_transactions(s):
