@@ -1,17 +1,23 @@
 #!/usr/bin/python3
-"""Helpers for relay_bench.sh: time one-process-per-message clients, hold
-many idle LMTP (RFC 2033) connections open, ask the control socket, and print
-the final table.
+"""Helpers for relay_bench.sh and queue_bench.sh: time one-process-per-message
+clients, hold many idle LMTP (RFC 2033) connections open, ask the control
+socket, count what an smtp-sink received, and print the final tables.
 
   bench_helper.py procs -p PAR -n N -i MSGFILE [-o LATFILE] -- CMD ARG...
   bench_helper.py timed -n N -- CMD ARG...
   bench_helper.py idle -k K -s SUBMIT_SOCKET -r READYFILE
   bench_helper.py control -s CONTROL_SOCKET REQUEST [--wait-idle K]
   bench_helper.py report RESULTS RSSFILE
+  bench_helper.py sink -s COUNT_SOCKET -- SMTP_SINK_COMMAND...
+  bench_helper.py e2e -S COUNT_SOCKET -n N [-C CONTROL_SOCKET] [-t SECS] -- CMD ARG...
+  bench_helper.py queue-report RESULTS
 
 procs/timed print "key value" lines in mpload's format (count, failed,
 seconds, msgs/s, median_us, p90_us, p99_us) and exit 1 if anything failed.
+e2e runs a submitting command, echoes its lines and adds e2e_seconds and
+e2e_msgs/s: the time from its start until the sink has N more messages.
 """
+import bisect
 import json
 import os
 import resource
@@ -276,12 +282,216 @@ def cmd_report(args):
     return 0
 
 
+def cmd_sink(args):
+    """Run smtp-sink with -c (it prints "sess=S quit=Q mesg=M" and a CR each
+    time a message's final dot arrives), note when each count was first seen,
+    and answer on a Unix socket:
+      "count"             -> "M"
+      "wait K TIMEOUT_S"  -> "M T" once M >= K (T: CLOCK_MONOTONIC ns when the
+                             count first reached K), or "timeout M".
+    SIGTERM stops the sink too."""
+    opts, cmd = split_cmd(args)
+    path = opts["-s"]
+    if "-c" not in cmd:
+        sys.exit("sink: the smtp-sink command needs -c")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    counts, stamps = [0], [time.monotonic_ns()]
+    cond = threading.Condition()
+    done = threading.Event()
+
+    def reader():
+        pending = b""
+        while True:
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            now = time.monotonic_ns()
+            pending += chunk
+            *lines, pending = pending.replace(b"\n", b"\r").split(b"\r")
+            newest = None
+            for line in lines:
+                fields = [f for f in line.split() if f.startswith(b"mesg=")]
+                if fields:
+                    newest = int(fields[-1][5:])
+                elif line.strip():
+                    sys.stderr.write("smtp-sink: %s\n" % line.decode(errors="replace"))
+            if newest is not None and newest > counts[-1]:
+                with cond:
+                    counts.append(newest)
+                    stamps.append(now)
+                    cond.notify_all()
+        done.set()
+        with cond:
+            cond.notify_all()
+
+    def answer(conn):
+        with conn:
+            f = conn.makefile("rwb")
+            for req in f:
+                words = req.split()
+                if words[:1] == [b"count"]:
+                    with cond:
+                        f.write(b"%d\n" % counts[-1])
+                elif words[:1] == [b"wait"] and len(words) == 3:
+                    want, deadline = int(words[1]), time.monotonic() + float(words[2])
+                    with cond:
+                        while counts[-1] < want and not done.is_set():
+                            left = deadline - time.monotonic()
+                            if left <= 0:
+                                break
+                            cond.wait(left)
+                        if counts[-1] >= want:
+                            i = bisect.bisect_left(counts, want)
+                            f.write(b"%d %d\n" % (counts[-1], stamps[i]))
+                        else:
+                            f.write(b"timeout %d\n" % counts[-1])
+                else:
+                    f.write(b"error\n")
+                f.flush()
+
+    threading.Thread(target=reader, daemon=True).start()
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(16)
+    srv.settimeout(0.2)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    while not stop.is_set() and not done.is_set():
+        try:
+            conn, _ = srv.accept()
+        except socket.timeout:
+            continue
+        threading.Thread(target=answer, args=(conn,), daemon=True).start()
+    srv.close()
+    proc.terminate()
+    proc.wait()
+    return 0 if stop.is_set() else 1
+
+
+def sink_ask(path, request, timeout):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout + 10)
+        s.connect(path)
+        s.sendall(request.encode() + b"\n")
+        return s.makefile("rb").readline().decode().split()
+
+
+def cmd_e2e(args):
+    """Run a submitting command (mpload, or procs around sendmail) and wait
+    until the sink has N more messages than before it started."""
+    opts, cmd = split_cmd(args)
+    path, n = opts["-S"], int(opts["-n"])
+    timeout = float(opts.get("-t", "600"))
+    base = int(sink_ask(path, "count", 10)[0])
+    t0 = time.monotonic_ns()
+    r = subprocess.run(cmd, stdout=subprocess.PIPE)
+    sys.stdout.write(r.stdout.decode())
+    if r.returncode != 0:
+        sys.stderr.write("e2e: submitting command exited %d\n" % r.returncode)
+        return 1
+    ans = sink_ask(path, "wait %d %g" % (base + n, timeout), timeout)
+    if not ans or ans[0] in ("timeout", "error"):
+        sys.stderr.write("e2e: the sink got %s of %d messages within %g s\n"
+                         % (int(ans[1]) - base if len(ans) > 1 else "?", n, timeout))
+        return 1
+    secs = (int(ans[1]) - t0) / 1e9
+    print("e2e_seconds %.3f" % secs)
+    print("e2e_msgs/s %.1f" % (n / secs))
+    if int(ans[0]) > base + n:
+        sys.stderr.write("e2e: the sink got %d messages, %d more than sent\n"
+                         % (int(ans[0]) - base, int(ans[0]) - base - n))
+    if "-C" in opts:
+        # Untimed: the next case starts with an empty queue.
+        deadline = time.monotonic() + 60
+        while control(opts["-C"], "status").get("queued", 0) != 0:
+            if time.monotonic() > deadline:
+                sys.stderr.write("e2e: mailpoold's queue did not drain\n")
+                return 1
+            time.sleep(0.05)
+    return 0
+
+
+def cmd_queue_report(args):
+    """RESULTS as for report, roles mq1/mqN (mailpool queue mode) and
+    pf1/pfN (Postfix null client)."""
+    rows, res = [], {}
+    for line in open(args[0]):
+        role, label, kv = line.rstrip("\n").split("|", 2)
+        d = {"label": label}
+        for item in kv.split(";"):
+            if item:
+                k, v = item.split(" ", 1)
+                d[k] = float(v)
+        rows.append(role)
+        res[role] = d
+
+    def get(role, key):
+        return res.get(role, {}).get(key)
+
+    print()
+    print("%-36s %6s %9s %10s %9s %9s %9s %10s" % (
+        "case", "msgs", "submit s", "submit/s", "median ms", "p99 ms", "e2e s", "e2e msgs/s"))
+    print("-" * 104)
+    for role in rows:
+        d = res[role]
+        print("%-36s %6d %9.3f %10.1f %9s %9s %9.3f %10.1f" % (
+            d["label"], d["count"], d["seconds"], d["msgs/s"], fmt_ms(d.get("median_us")),
+            fmt_ms(d.get("p99_us")), d["e2e_seconds"], d["e2e_msgs/s"]))
+    print()
+    print("submit: until the last submitter got its answer -- for mailpool the 250 that")
+    print("  follows fsync (time-to-durable), for Postfix sendmail's exit (after postdrop")
+    print("  wrote the maildrop file).  median/p99: per message, that hand-off.")
+    print("e2e: from the start of the submissions until smtp-sink had received all of them.")
+    print("Submitters, mailpoold or Postfix, and smtp-sink share this machine's %d CPU(s);"
+          % os.cpu_count())
+    print("the 8-way figures partly measure the sink and the submitters themselves.")
+
+    def ratio(a, b):
+        return a / b if a is not None and b else None
+
+    r_e2e = ratio(get("mqN", "e2e_msgs/s"), get("pfN", "e2e_msgs/s"))
+    r_e2e1 = ratio(get("mq1", "e2e_msgs/s"), get("pf1", "e2e_msgs/s"))
+    durable = get("mqN", "msgs/s")
+    r_dur = ratio(durable, 1000.0)
+    r_sub = ratio(get("mqN", "msgs/s"), get("pfN", "msgs/s"))
+    print()
+    print("ratios")
+    if r_e2e is not None:
+        print("  end to end, mailpool queue 8 / Postfix 8:          %8.1fx" % r_e2e)
+    if r_e2e1 is not None:
+        print("  end to end, mailpool queue 1 / Postfix sequential: %8.1fx" % r_e2e1)
+    if r_sub is not None:
+        print("  hand-off rate, mailpool queue 8 / Postfix 8:       %8.1fx" % r_sub)
+    if r_dur is not None:
+        print("  durable msgs/s with 8 senders / 1,000 target:      %8.2fx" % r_dur)
+
+    def target(name, value, ok, shown, info=False):
+        verdict = "n/a " if value is None else ("PASS" if ok(value) else "MISS")
+        if info and value is not None:
+            verdict = "(info)"
+        print("  %-56s %-14s %s" % (name, shown(value) if value is not None else "-", verdict))
+
+    print()
+    print("SPEC section 7 targets (this run)")
+    target(">= 1,000 durable msgs/s with group commit (8 senders)", durable,
+           lambda v: v >= 1000, lambda v: "%.0f/s" % v)
+    target("  1 sender (no group to share: one fsync pair each)", get("mq1", "msgs/s"),
+           lambda v: v >= 1000, lambda v: "%.0f/s" % v, info=True)
+    target("faster end to end than Postfix null client (8 and 8)", r_e2e,
+           lambda v: v > 1.0, lambda v: "%.1fx" % v)
+    target("  same, 1 sender vs sequential sendmail", r_e2e1,
+           lambda v: v > 1.0, lambda v: "%.1fx" % v)
+    return 0
+
+
 def main():
     if len(sys.argv) < 2:
         sys.exit(__doc__)
     cmd, args = sys.argv[1], sys.argv[2:]
     fn = {"procs": cmd_procs, "timed": cmd_timed, "idle": cmd_idle, "control": cmd_control,
-          "report": cmd_report}.get(cmd)
+          "report": cmd_report, "sink": cmd_sink, "e2e": cmd_e2e,
+          "queue-report": cmd_queue_report}.get(cmd)
     if fn is None:
         sys.exit(__doc__)
     return fn(args)

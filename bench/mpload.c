@@ -3,8 +3,12 @@
  * through libmailpool.  CLIENTS threads each open one handle and send their
  * share of the messages back to back; every send's wall time is recorded.
  *
- *   mpload -s SOCKET -c CLIENTS -n MESSAGES -m MSGFILE [-r RELAY] [-o FILE]
- *          [-f SENDER] [-t RECIPIENT]
+ *   mpload -s SOCKET -c CLIENTS -n MESSAGES -m MSGFILE [-r RELAY] [-M MODE]
+ *          [-o FILE] [-f SENDER] [-t RECIPIENT]
+ *
+ * -M relay|queue asks for that delivery mode (XMODE=); without it the relay's
+ * own mode applies.  In queue mode a send's time is the time until the
+ * message is durable in the spool (the daemon's 250), not until delivery.
  *
  * Prints count, seconds, msgs/s, median, p90 and p99 (microseconds) on one
  * line each; exits 1 if any send did not end in 250 for every recipient, 2 on
@@ -28,6 +32,7 @@
 struct load_opts {
     const char *socket_path;
     const char *relay;
+    const char *mode; /* "relay", "queue" or NULL: the relay's default */
     const char *sender;
     const char *recipient;
     const char *message;
@@ -94,6 +99,7 @@ static void *worker_run(void *arg)
     env.recipients = rcpts;
     env.nrecipients = 1;
     env.relay = o->relay;
+    env.mode = o->mode;
 
     /* Open in this thread so the handle belongs to it; opening is not timed. */
     st = mailpool_open(o->socket_path, MPLOAD_TIMEOUT_MS, 0, &mp);
@@ -189,7 +195,7 @@ static int parse_count(const char *s, unsigned long max, unsigned long *out)
 static void usage(void)
 {
     fprintf(stderr, "usage: mpload -s SOCKET -c CLIENTS -n MESSAGES -m MSGFILE [-r RELAY]\n"
-                    "              [-o LATENCIES] [-f SENDER] [-t RECIPIENT]\n");
+                    "              [-M relay|queue] [-o LATENCIES] [-f SENDER] [-t RECIPIENT]\n");
 }
 
 static int write_latencies(const char *path, const struct worker *w, size_t nclients)
@@ -221,7 +227,7 @@ int main(int argc, char **argv)
 
     o.sender = "bench@bench.mailpool.test";
     o.recipient = "sink@example.test";
-    while ((ch = getopt(argc, argv, "s:c:n:m:r:o:f:t:h")) != -1) {
+    while ((ch = getopt(argc, argv, "s:c:n:m:r:M:o:f:t:h")) != -1) {
         switch (ch) {
         case 's':
             o.socket_path = optarg;
@@ -243,6 +249,14 @@ int main(int argc, char **argv)
             break;
         case 'r':
             o.relay = optarg;
+            break;
+        case 'M':
+            /* Checked here too so a typo is a usage error, not N failed sends. */
+            if (strcmp(optarg, "relay") != 0 && strcmp(optarg, "queue") != 0) {
+                fprintf(stderr, "mpload: -M wants relay or queue\n");
+                return 2;
+            }
+            o.mode = optarg;
             break;
         case 'o':
             outfile = optarg;
