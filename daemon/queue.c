@@ -451,11 +451,16 @@ static void item_complete(struct qitem *it)
         item_remove(it);
         return;
     }
-    if (it->e.is_bounce) {
-        /* A DSN that cannot be delivered is kept for the operator, never bounced. */
-        log_error("queue msg id=%s a delivery status notification could not be delivered: %s; "
+    if (it->e.is_bounce || it->e.sender[0] == '\0') {
+        /*
+         * Nobody to notify: a DSN is never bounced, and mail from <> (often
+         * someone else's notification) has no return path.  Kept for the
+         * operator instead of being dropped.
+         */
+        log_error("queue msg id=%s %s could not be delivered and has no return path: %s; "
                   "moved to failed/",
-                  it->e.id, it->last_error ? it->last_error : "?");
+                  it->e.id, it->e.is_bounce ? "a delivery status notification" : "mail from <>",
+                  it->last_error ? it->last_error : "?");
         if (spool_move(q->spool, it->e.id, it->held ? SPOOL_IN_HOLD : SPOOL_IN_QUEUE,
                        SPOOL_IN_FAILED, moved_failed_cb, it) != 0)
             moved_failed_cb(ENOMEM, it);
@@ -512,7 +517,7 @@ static void item_finish_attempt(struct qitem *it)
             char buf[800];
             snprintf(buf, sizeof(buf), "%s", prev ? prev : why);
             set_error(&it->rcpt_error[i], buf);
-            item_mark(it, i, notify && it->e.sender[0] ? SPOOL_FAILED : SPOOL_DONE);
+            item_mark(it, i, notify ? SPOOL_FAILED : SPOOL_DONE);
             marks++;
         }
         if (it->marks_pending == 0)
@@ -566,7 +571,7 @@ static void delivered_cb(struct message *m, void *arg)
             set_error(&it->rcpt_error[i], text);
             set_error(&it->last_error, text);
             int notify = sr->notify == 0 || (sr->notify & SPOOL_NOTIFY_FAILURE);
-            item_mark(it, i, notify && it->e.sender[0] ? SPOOL_FAILED : SPOOL_DONE);
+            item_mark(it, i, notify ? SPOOL_FAILED : SPOOL_DONE);
         } else {
             log_info("queue msg id=%s relay=%s to=<%s> status=deferred dsn=%s reply=\"%s\"",
                      it->e.id, item_relay(it)->name, to, r->ecode, r->text ? r->text : "");

@@ -70,7 +70,8 @@ def wait_for(pred, timeout, what):
         if v:
             return v
         if time.monotonic() > deadline:
-            raise TestFailure("timed out waiting for " + what)
+            # `what` may be a callable, so the message shows the state at the timeout.
+            raise TestFailure("timed out waiting for " + (what() if callable(what) else what))
         time.sleep(0.02)
 
 
@@ -309,8 +310,8 @@ class Daemon:
             return f.read()
 
     def wait_log(self, text, timeout=10.0):
-        return wait_for(lambda: text in self.log(), timeout, "daemon log line %r\n%s"
-                        % (text, self.log()))
+        return wait_for(lambda: text in self.log(), timeout,
+                        lambda: "daemon log line %r\n%s" % (text, self.log()))
 
     def alive(self):
         return self.proc.poll() is None
