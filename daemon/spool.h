@@ -94,8 +94,8 @@ int spool_header_parse(const char *buf, size_t len, struct spool_entry *e, const
  * against file_size, so a short file is "truncated body" and a long one
  * "bytes after the body".  Returns 0, or -1 with *why.
  */
-int spool_header_parse_sized(const char *buf, size_t len, uint64_t file_size,
-                             struct spool_entry *e, const char **why);
+int spool_header_parse_sized(const char *buf, size_t len, uint64_t file_size, struct spool_entry *e,
+                             const char **why);
 
 /* 1 if id can name a spool file: 1..SPOOL_ID_MAX of [0-9A-Za-z_-], alphanumeric first. */
 int spool_id_valid(const char *id);
