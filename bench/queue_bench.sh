@@ -83,37 +83,9 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+# shellcheck source=bench/common.sh
+. "$top/bench/common.sh"
 
-wait_port() { # wait_port PORT PID NAME
-    i=0
-    until /usr/bin/python3 -c "import socket; socket.create_connection(('127.0.0.1',$1),1).close()" 2>/dev/null; do
-        kill -0 "$2" 2>/dev/null || { echo "$3 exited; its log:" >&2; cat "$work/$3.log" >&2; exit 1; }
-        i=$((i + 1)); [ $i -lt 100 ] || { echo "$3 did not listen on $1" >&2; exit 1; }
-        sleep 0.05
-    done
-}
-free_port() {
-    /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-run_case() { # run_case ROLE LABEL RUNS COMMAND...: append the figures of the
-    # run with the median end-to-end rate
-    role=$1 label=$2 runs=$3
-    shift 3
-    echo "$label ($runs run(s))" >&2
-    r=1
-    while [ $r -le "$runs" ]; do
-        if ! "$@" >"$work/case.$r"; then
-            echo "case failed: $label" >&2
-            cat "$work/case.$r" >&2
-            exit 1
-        fi
-        echo "$(awk '$1 == "e2e_msgs/s" { print $2 }' "$work/case.$r") $r" >>"$work/case.rank"
-        r=$((r + 1))
-    done
-    mid=$(sort -n "$work/case.rank" | sed -n "$(((runs + 1) / 2))p" | cut -d' ' -f2)
-    printf '%s|%s|%s\n' "$role" "$label" "$(tr '\n' ';' <"$work/case.$mid")" >>"$work/results"
-    rm -f "$work"/case.*
-}
 
 lat_dir=${LAT_DIR:-$work}
 mkdir -p "$lat_dir"
@@ -226,7 +198,7 @@ $e2e_mp -n $((CLIENTS * 20)) -- $mpload -c "$CLIENTS" -n $((CLIENTS * 20)) >/dev
 
 # 3a. mailpool queue mode, 1 and CLIENTS senders.
 # shellcheck disable=SC2086
-run_case mq1 "mailpool queue, 1 sender" "$REPEAT" \
+run_case e2e_msgs/s mq1 "mailpool queue, 1 sender" "$REPEAT" \
     $e2e_mp -n "$N" -- $mpload -c 1 -n "$N" -o "$lat_dir/lat-mq1"
 perf_pid=""
 if [ -n "$PERF_DATA" ]; then
@@ -235,7 +207,7 @@ if [ -n "$PERF_DATA" ]; then
     sleep 0.5
 fi
 # shellcheck disable=SC2086
-run_case mqN "mailpool queue, $CLIENTS senders" "$REPEAT" \
+run_case e2e_msgs/s mqN "mailpool queue, $CLIENTS senders" "$REPEAT" \
     $e2e_mp -n "$N" -- $mpload -c "$CLIENTS" -n "$N" -o "$lat_dir/lat-mqN"
 if [ -n "$perf_pid" ]; then
     kill -INT "$perf_pid"
@@ -315,11 +287,11 @@ $e2e_pf -n 20 -t 120 -- $helper procs -p 4 -n 20 -i "$work/msg" -- $sendmail_cmd
 
 # 4a. sequential, then CLIENTS sendmail processes in parallel.
 # shellcheck disable=SC2086
-run_case pf1 "Postfix null client, sequential" 1 \
+run_case e2e_msgs/s pf1 "Postfix null client, sequential" 1 \
     $e2e_pf -n "$N_POSTFIX" -- $helper procs -p 1 -n "$N_POSTFIX" -i "$work/msg" \
     -o "$lat_dir/lat-pf1" -- $sendmail_cmd
 # shellcheck disable=SC2086
-run_case pfN "Postfix null client, $CLIENTS parallel" 1 \
+run_case e2e_msgs/s pfN "Postfix null client, $CLIENTS parallel" 1 \
     $e2e_pf -n "$N_POSTFIX" -- $helper procs -p "$CLIENTS" -n "$N_POSTFIX" -i "$work/msg" \
     -o "$lat_dir/lat-pfN" -- $sendmail_cmd
 pf_reuse=$(grep -c 'conn_use=' "$pf/maillog" || true)

@@ -62,41 +62,13 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+# shellcheck source=bench/common.sh
+. "$top/bench/common.sh"
 
-free_port() {
-    /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-wait_port() { # wait_port PORT PID NAME
-    i=0
-    until /usr/bin/python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$1),1).close()" 2>/dev/null; do
-        kill -0 "$2" 2>/dev/null || { echo "$3 exited; its log:" >&2; cat "$work/$3.log" >&2; exit 1; }
-        i=$((i + 1)); [ $i -lt 100 ] || { echo "$3 did not listen on $1" >&2; exit 1; }
-        sleep 0.05
-    done
-}
 rss() { # rss ROLE LABEL: append "ROLE|LABEL|VmRSS kB|VmHWM kB" to the memory file
     r=$(awk '/^VmRSS:/ { print $2 }' "/proc/$daemon_pid/status")
     h=$(awk '/^VmHWM:/ { print $2 }' "/proc/$daemon_pid/status")
     echo "$1|$2|$r|$h" >>"$work/rss"
-}
-run_case() { # run_case ROLE LABEL RUNS COMMAND...: append the figures of the
-    # run with the median throughput (the fast cases are noisy on a shared box)
-    role=$1 label=$2 runs=$3
-    shift 3
-    echo "$label ($runs run(s))" >&2
-    r=1
-    while [ $r -le "$runs" ]; do
-        if ! "$@" >"$work/case.$r"; then
-            echo "case failed: $label" >&2
-            cat "$work/case.$r" >&2
-            exit 1
-        fi
-        echo "$(awk '$1 == "msgs/s" { print $2 }' "$work/case.$r") $r" >>"$work/case.rank"
-        r=$((r + 1))
-    done
-    mid=$(sort -n "$work/case.rank" | sed -n "$(((runs + 1) / 2))p" | cut -d' ' -f2)
-    printf '%s|%s|%s\n' "$role" "$label" "$(tr '\n' ';' <"$work/case.$mid")" >>"$work/results"
-    rm -f "$work"/case.*
 }
 
 lat_dir=${LAT_DIR:-$work}
@@ -199,7 +171,7 @@ $mpload -c "$CLIENTS" -n $((CLIENTS * 20)) >/dev/null
 
 # 3a. mailpool relay mode.
 # shellcheck disable=SC2086 # $mpload and $helper are command lines
-run_case mp1 "mailpool relay, 1 client" "$REPEAT" $mpload -c 1 -n "$N" -o "$lat_dir/lat-mp1"
+run_case msgs/s mp1 "mailpool relay, 1 client" "$REPEAT" $mpload -c 1 -n "$N" -o "$lat_dir/lat-mp1"
 perf_pid=""
 if [ -n "$PERF_DATA" ]; then
     perf record -g -o "$PERF_DATA" -p "$daemon_pid" >"$work/perf.log" 2>&1 &
@@ -207,7 +179,7 @@ if [ -n "$PERF_DATA" ]; then
     sleep 0.5
 fi
 # shellcheck disable=SC2086
-run_case mpN "mailpool relay, $CLIENTS clients" "$REPEAT" \
+run_case msgs/s mpN "mailpool relay, $CLIENTS clients" "$REPEAT" \
     $mpload -c "$CLIENTS" -n "$N" -o "$lat_dir/lat-mpN"
 if [ -n "$perf_pid" ]; then
     kill -INT "$perf_pid"
@@ -215,10 +187,10 @@ if [ -n "$perf_pid" ]; then
 fi
 # 3a'. mailpool relay mode to the plaintext sink (relay "plain").
 # shellcheck disable=SC2086
-run_case mpP1 "mailpool relay plaintext, 1 client" "$REPEAT" \
+run_case msgs/s mpP1 "mailpool relay plaintext, 1 client" "$REPEAT" \
     $mpload -r plain -c 1 -n "$N" -o "$lat_dir/lat-mpP1"
 # shellcheck disable=SC2086
-run_case mpPN "mailpool relay plaintext, $CLIENTS clients" "$REPEAT" \
+run_case msgs/s mpPN "mailpool relay plaintext, $CLIENTS clients" "$REPEAT" \
     $mpload -r plain -c "$CLIENTS" -n "$N" -o "$lat_dir/lat-mpPN"
 $helper control -s "$work/control.sock" pool >"$work/pool.json"
 rss - "idle after the load"
@@ -228,10 +200,10 @@ msmtp_cmd="msmtp --host=localhost --port=$tls_port --tls=on --tls-starttls=off
     --tls-trust-file=$top/tests/certs/ca.pem --auth=off --domain=bench.mailpool.test
     --from=bench@bench.mailpool.test sink@example.test"
 # shellcheck disable=SC2086
-run_case ms1 "msmtp TLS, sequential" 1 \
+run_case msgs/s ms1 "msmtp TLS, sequential" 1 \
     $helper procs -p 1 -n "$N_MSMTP" -i "$work/msg" -o "$lat_dir/lat-msmtp1" -- $msmtp_cmd
 # shellcheck disable=SC2086
-run_case msN "msmtp TLS, $MSMTP_PAR parallel" 1 \
+run_case msgs/s msN "msmtp TLS, $MSMTP_PAR parallel" 1 \
     $helper procs -p "$MSMTP_PAR" -n "$N_MSMTP" -i "$work/msg" -o "$lat_dir/lat-msmtpN" -- $msmtp_cmd
 
 # 3c/d. smtp-source -d: reused sessions, plaintext to the sink, then through
@@ -240,7 +212,7 @@ run_case msN "msmtp TLS, $MSMTP_PAR parallel" 1 \
 # smtp-source writes line by line and measures itself more than the sink.
 source_case() { # source_case ROLE LABEL PORT SESSIONS
     # shellcheck disable=SC2086
-    run_case "$1" "$2" "$REPEAT" $helper timed -n "$N_SOURCE" -- /usr/sbin/smtp-source -d \
+    run_case msgs/s "$1" "$2" "$REPEAT" $helper timed -n "$N_SOURCE" -- /usr/sbin/smtp-source -d \
         -s "$4" -m "$N_SOURCE" -l "$((MSG_KB * 1024))" -f bench@bench.mailpool.test \
         -t sink@example.test -M bench.mailpool.test "127.0.0.1:$3"
 }
