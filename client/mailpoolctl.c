@@ -67,12 +67,14 @@ static void usage(FILE *f)
                "commands:\n"
                "  status               version, uptime and counters\n"
                "  pool                 upstream connections and per-relay counters\n"
+               "  relays               effective relay profiles (secrets never shown)\n"
                "  queue                the queued messages, with pending recipients\n"
                "  queue show ID        one message in detail\n"
                "  flush [ID|RELAY]     retry now: everything, one message or one relay\n"
                "  hold ID              keep a message from delivery until released\n"
                "  release ID           let a held message go again\n"
-               "  delete ID            remove a message from the queue for good\n");
+               "  delete ID            remove a message from the queue for good\n"
+               "  reload               re-read the configuration (a bad one is refused)\n");
 }
 
 static void complain(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -383,6 +385,104 @@ static enum outcome print_status(const struct json_value *v)
         if (table_row(&t, cells) != 0) {
             o = OUT_OSERR;
             break;
+        }
+    }
+    if (o == OUT_OK)
+        table_print(&t);
+    table_free(&t);
+    return o;
+}
+
+/* One value as text: arrays joined with ", ", null as "-".  malloc'd; NULL on ENOMEM. */
+static char *value_text(const struct json_value *x)
+{
+    char num[64];
+    switch (x->type) {
+    case JSON_STRING:
+        return strdup(x->string);
+    case JSON_BOOL:
+        return strdup(x->boolean ? "yes" : "no");
+    case JSON_NUMBER:
+        if (x->is_integer)
+            snprintf(num, sizeof(num), "%lld", x->integer);
+        else
+            snprintf(num, sizeof(num), "%g", x->number);
+        return strdup(num);
+    case JSON_ARRAY: {
+        size_t cap = 1, len = 0;
+        char *out = calloc(1, 1);
+        for (size_t i = 0; out && i < x->count; i++) {
+            char *part = value_text(x->items[i]);
+            if (part == NULL) {
+                free(out);
+                return NULL;
+            }
+            size_t need = len + strlen(part) + 3;
+            if (need > cap) {
+                char *grown = realloc(out, need * 2);
+                if (grown == NULL) {
+                    free(part);
+                    free(out);
+                    return NULL;
+                }
+                out = grown;
+                cap = need * 2;
+            }
+            len += (size_t)sprintf(out + len, "%s%s", i ? ", " : "", part);
+            free(part);
+        }
+        if (out && len == 0) {
+            free(out);
+            return strdup("-");
+        }
+        return out;
+    }
+    default:
+        return strdup("-");
+    }
+}
+
+/* Rows "prefix.key  value" for every member of an object, nested objects flattened. */
+static int relay_rows(struct table *t, const char *relay, const char *prefix,
+                      const struct json_value *obj)
+{
+    for (size_t i = 0; i < obj->count; i++) {
+        char key[128];
+        snprintf(key, sizeof(key), "%s%s%s", prefix, *prefix ? "." : "", obj->keys[i]);
+        if (obj->items[i]->type == JSON_OBJECT) {
+            if (relay_rows(t, relay, key, obj->items[i]) != 0)
+                return -1;
+            continue;
+        }
+        char *val = value_text(obj->items[i]);
+        const char *cells[3] = {relay, key, val ? val : "?"};
+        int rc = val == NULL ? -1 : table_row(t, cells);
+        free(val);
+        if (rc != 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* "relays": the effective profile of every relay, one SETTING VALUE row each. */
+static enum outcome print_relays(const struct json_value *v)
+{
+    const struct json_value *relays = json_get(v, "relays");
+    if (relays == NULL || relays->type != JSON_ARRAY) {
+        complain("the answer has no \"relays\" list");
+        return OUT_PROTOCOL;
+    }
+    static const char *const head[] = {"RELAY", "SETTING", "VALUE"};
+    struct table t = {.ncols = 3};
+    enum outcome o = table_row(&t, head) == 0 ? OUT_OK : OUT_OSERR;
+    for (size_t r = 0; o == OUT_OK && r < relays->count; r++) {
+        const struct json_value *rel = relays->items[r];
+        const char *name = json_get_string(rel, "name");
+        if (rel->type != JSON_OBJECT || name == NULL) {
+            complain("relay %zu of the answer is malformed", r);
+            o = OUT_PROTOCOL;
+        } else if (relay_rows(&t, name, "", rel) != 0) {
+            o = OUT_OSERR;
         }
     }
     if (o == OUT_OK)
@@ -716,6 +816,8 @@ static enum outcome run(const char *path, const char *request, const char *comma
         o = print_status(v);
     } else if (strcmp(command, "pool") == 0) {
         o = print_pool(v);
+    } else if (strcmp(command, "relays") == 0) {
+        o = print_relays(v);
     } else if (strcmp(command, "queue") == 0 && json_get(v, "message") != NULL) {
         o = print_message(v);
     } else if (strcmp(command, "queue") == 0) {
@@ -727,6 +829,18 @@ static enum outcome run(const char *path, const char *request, const char *comma
             o = OUT_PROTOCOL;
         } else {
             printf("%lld message%s to be retried now\n", n, n == 1 ? "" : "s");
+        }
+    } else if (strcmp(command, "reload") == 0) {
+        long long kept = 0, changed = 0, added = 0, removed = 0;
+        if (json_get_int(v, "relays_kept", &kept) != 0 ||
+            json_get_int(v, "relays_changed", &changed) != 0 ||
+            json_get_int(v, "relays_added", &added) != 0 ||
+            json_get_int(v, "relays_removed", &removed) != 0) {
+            complain("the answer has no relay counts");
+            o = OUT_PROTOCOL;
+        } else {
+            printf("reloaded: relays kept %lld, changed %lld, added %lld, removed %lld\n", kept,
+                   changed, added, removed);
         }
     } else if (strcmp(command, "hold") == 0 || strcmp(command, "release") == 0 ||
                strcmp(command, "delete") == 0) {

@@ -5,9 +5,11 @@
  * the per-phase timeout defaults of RFC 5321 section 4.5.3.2.
  */
 #include "config.h"
+#include "base64.h"
 #include "lmtp_parse.h"
 #include "log.h"
 #include "proto.h"
+#include "proxy.h"
 
 #include <libconfig.h>
 
@@ -15,7 +17,9 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <limits.h>
+#include <pwd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -478,9 +482,13 @@ static const struct {
     const char *name;
     unsigned bit;
 } mech_names[] = {
-    {"PLAIN", AUTH_MECH_PLAIN},       {"LOGIN", AUTH_MECH_LOGIN},
-    {"CRAM-MD5", AUTH_MECH_CRAM_MD5}, {"SCRAM-SHA-256", AUTH_MECH_SCRAM_SHA_256},
-    {"XOAUTH2", AUTH_MECH_XOAUTH2},   {"OAUTHBEARER", AUTH_MECH_OAUTHBEARER},
+    {"PLAIN", AUTH_MECH_PLAIN},
+    {"LOGIN", AUTH_MECH_LOGIN},
+    {"CRAM-MD5", AUTH_MECH_CRAM_MD5},
+    {"SCRAM-SHA-256", AUTH_MECH_SCRAM_SHA_256},
+    {"XOAUTH2", AUTH_MECH_XOAUTH2},
+    {"OAUTHBEARER", AUTH_MECH_OAUTHBEARER},
+    {"SCRAM-SHA-1", AUTH_MECH_SCRAM_SHA_1},
 };
 
 static int read_options(struct loader *ld, const config_setting_t *rs, unsigned *out)
@@ -572,30 +580,47 @@ static int apply_port_rules(struct loader *ld, const config_setting_t *hosts_s,
 /* ---- relay sections ----------------------------------------------------- */
 
 static const char *const relay_keys[] = {
-    "hosts", "options", "timeout", "timeouts", "mode", "helo_name", "allow_plaintext_auth",
-    "auth",  "tls",     "pool",    NULL,
+    "hosts",
+    "options",
+    "timeout",
+    "timeouts",
+    "mode",
+    "helo_name",
+    "allow_plaintext_auth",
+    "auth",
+    "tls",
+    "pool",
+    "rate",
+    "limits",
+    /* routing and address fixing */
+    "allow",
+    "sender",
+    "aliases",
+    "qualify_domain",
+    "from_header",
+    "proxy", /* tunnel through SOCKS5 / HTTP CONNECT */
+    NULL,
 };
-static const char *const relay_later[] = {
-    "rate", "limits", "allow", "sender", "aliases", "qualify_domain", "from_header", "proxy", NULL,
-};
+static const char *const relay_later[] = {NULL};
 static const char *const timeouts_keys[] = {
     "connect", "greeting", "command", "data_block", "data_end", NULL,
 };
 static const char *const auth_keys[] = {
-    "user", "password", "password_file", "mechanisms", NULL,
-};
-static const char *const auth_later[] = {
+    "user",
+    "password",
+    "password_file",
+    "mechanisms",
     "password_command",
     "password_command_ttl",
     "credential",
     NULL,
 };
+static const char *const auth_later[] = {NULL};
 static const char *const tls_keys[] = {
-    "ca_file", "ca_path", "server_name", "min_version", NULL,
+    "ca_file",     "ca_path",    "server_name", "min_version", "ciphers",
+    "client_cert", "client_key", "pin_sha256",  NULL,
 };
-static const char *const tls_later[] = {
-    "ciphers", "client_cert", "client_key", "pin_sha256", NULL,
-};
+static const char *const tls_later[] = {NULL};
 static const char *const pool_keys[] = {
     "max_connections", "min_idle",    "idle_timeout", "keepalive", "max_messages",
     "max_age",         "max_waiters", "wait_timeout", NULL,
@@ -757,29 +782,75 @@ static int read_auth(struct loader *ld, const config_setting_t *rs, struct relay
     for (const char *p = user; *p; p++)
         if (iscntrl((unsigned char)*p))
             return fail(ld, user_s, "'auth.user' contains a control character");
+    const char *command = NULL, *cred = NULL;
+    const config_setting_t *cmd_s = NULL, *cred_s = NULL;
     if (get_string(ld, as, "password", "auth.password", &password, &pw_s) < 0 ||
-        get_string(ld, as, "password_file", "auth.password_file", &file, &file_s) < 0)
+        get_string(ld, as, "password_file", "auth.password_file", &file, &file_s) < 0 ||
+        get_string(ld, as, "password_command", "auth.password_command", &command, &cmd_s) < 0 ||
+        get_string(ld, as, "credential", "auth.credential", &cred, &cred_s) < 0)
         return -1;
-    if (password && file) {
-        const config_setting_t *later =
-            config_setting_index(pw_s) > config_setting_index(file_s) ? pw_s : file_s;
-        return fail(ld, later,
-                    "'auth.password' and 'auth.password_file' exclude each other; "
-                    "keep only one (password_file is preferred)");
+    /* Exactly one secret source; name the one that came second. */
+    const config_setting_t *sources[] = {pw_s, file_s, cmd_s, cred_s};
+    const config_setting_t *first = NULL, *second = NULL;
+    for (size_t i = 0; i < sizeof(sources) / sizeof(sources[0]); i++) {
+        if (!sources[i])
+            continue;
+        if (!first || config_setting_index(sources[i]) < config_setting_index(first)) {
+            second = first;
+            first = sources[i];
+        } else if (!second || config_setting_index(sources[i]) < config_setting_index(second)) {
+            second = sources[i];
+        }
     }
-    if (!password && !file)
-        return fail(ld, as, "'auth' needs 'password_file' (preferred) or 'password'");
+    if (second)
+        return fail(ld, second,
+                    "'auth.%s' and 'auth.%s' exclude each other: give exactly one of "
+                    "password, password_file, password_command, credential",
+                    config_setting_name(first), config_setting_name(second));
+    if (!first)
+        return fail(ld, as,
+                    "'auth' needs one of 'password_file' (preferred), 'password', "
+                    "'password_command' or 'credential'");
     if (!(r->auth_user = xstrdup(ld, user)))
+        return -1;
+    r->auth_password_command_ttl = 300;
+    if (get_uint(ld, as, "password_command_ttl", "auth.password_command_ttl", 0, MAX_SECONDS,
+                 &r->auth_password_command_ttl) < 0)
         return -1;
     if (password) {
         if (!(r->auth_password = xstrdup(ld, password)))
             return -1;
-    } else {
+    } else if (file) {
         if (absolute_path(ld, file_s, "auth.password_file", file) < 0)
             return -1;
         if (!(r->auth_password_file = xstrdup(ld, file)))
             return -1;
         if (read_password_file(ld, file_s, file, &r->auth_password) < 0)
+            return -1;
+    } else if (command) {
+        if (!*command)
+            return fail(ld, cmd_s, "'auth.password_command' is empty");
+        if (!(r->auth_password_command = xstrdup(ld, command)))
+            return -1;
+    } else {
+        /* systemd LoadCredential=: a plain file name under $CREDENTIALS_DIRECTORY. */
+        const char *dir = getenv("CREDENTIALS_DIRECTORY");
+        if (!*cred || strchr(cred, '/') || strcmp(cred, ".") == 0 || strcmp(cred, "..") == 0)
+            return fail(ld, cred_s, "'auth.credential' must be a plain name, not a path");
+        if (!dir || !*dir)
+            return fail(ld, cred_s,
+                        "'auth.credential' needs $CREDENTIALS_DIRECTORY (set by systemd's "
+                        "LoadCredential=)");
+        size_t plen = strlen(dir) + 1 + strlen(cred) + 1;
+        char *path = malloc(plen);
+        if (!path)
+            return fail(ld, cred_s, "out of memory");
+        snprintf(path, plen, "%s/%s", dir, cred);
+        int rc = read_password_file(ld, cred_s, path, &r->auth_password);
+        free(path);
+        if (rc < 0)
+            return -1;
+        if (!(r->auth_credential = xstrdup(ld, cred)))
             return -1;
     }
 
@@ -801,11 +872,118 @@ static int read_auth(struct loader *ld, const config_setting_t *rs, struct relay
             if (!bit)
                 return fail(ld, e,
                             "unknown mechanism '%s' (known: PLAIN, LOGIN, CRAM-MD5, "
-                            "SCRAM-SHA-256, XOAUTH2, OAUTHBEARER)",
+                            "SCRAM-SHA-1, SCRAM-SHA-256, XOAUTH2, OAUTHBEARER)",
                             w);
             r->auth_mechanisms |= bit;
         }
     }
+    return 0;
+}
+
+/* A readable regular file named by an absolute path. */
+static int readable_file(struct loader *ld, const config_setting_t *s, const char *label,
+                         const char *v)
+{
+    struct stat st;
+    if (absolute_path(ld, s, label, v) < 0)
+        return -1;
+    if (stat(v, &st) < 0 || access(v, R_OK) < 0)
+        return fail(ld, s, "%s '%s': %s", label, v, strerror(errno));
+    if (!S_ISREG(st.st_mode))
+        return fail(ld, s, "%s '%s' is not a regular file", label, v);
+    return 0;
+}
+
+/* tls.ciphers, tls.client_cert/client_key and tls.pin_sha256 (applied by pool.c). */
+static int read_tls_more(struct loader *ld, const config_setting_t *ts, struct relay_config *r)
+{
+    const char *v = NULL;
+    const config_setting_t *s = NULL;
+    int got;
+
+    if ((got = get_string(ld, ts, "ciphers", "tls.ciphers", &v, &s)) < 0)
+        return -1;
+    if (got) {
+        for (const char *c = v; *c; c++)
+            if (!isalnum((unsigned char)*c) && !strchr("-_:+!@=.", *c))
+                return fail(ld, s, "'tls.ciphers' must be a list of suite names separated by ':'");
+        if (!(r->tls_ciphers = xstrdup(ld, v)))
+            return -1;
+    }
+    const config_setting_t *cert_s = NULL;
+    if ((got = get_string(ld, ts, "client_cert", "tls.client_cert", &v, &cert_s)) < 0)
+        return -1;
+    if (got) {
+        if (readable_file(ld, cert_s, "tls.client_cert", v) < 0)
+            return -1;
+        if (!(r->tls_client_cert = xstrdup(ld, v)))
+            return -1;
+    }
+    if ((got = get_string(ld, ts, "client_key", "tls.client_key", &v, &s)) < 0)
+        return -1;
+    if (got) {
+        if (!r->tls_client_cert)
+            return fail(ld, s, "'tls.client_key' needs 'tls.client_cert'");
+        if (readable_file(ld, s, "tls.client_key", v) < 0)
+            return -1;
+        if (!(r->tls_client_key = xstrdup(ld, v)))
+            return -1;
+    } else if (r->tls_client_cert && !(r->tls_client_key = xstrdup(ld, r->tls_client_cert))) {
+        return -1; /* one PEM file holding both */
+    }
+
+    config_setting_t *pins;
+    if ((got = get_string_list(ld, ts, "pin_sha256", "tls.pin_sha256", &pins)) < 0)
+        return -1;
+    if (got) {
+        int n = config_setting_length(pins);
+        if (n == 0)
+            return fail(ld, pins, "'tls.pin_sha256' is empty: give one or more base64 digests");
+        r->tls_pins = calloc((size_t)n, sizeof(*r->tls_pins));
+        if (!r->tls_pins) {
+            ld->oom = 1;
+            return -1;
+        }
+        for (int i = 0; i < n; i++) {
+            const config_setting_t *e = config_setting_get_elem(pins, (unsigned)i);
+            const char *pin = config_setting_get_string(e);
+            unsigned char dig[48];
+            size_t pl = strlen(pin);
+            if (pl != 44 || base64_decode(pin, pl, dig) != 32)
+                return fail(ld, e,
+                            "'tls.pin_sha256' entry \"%s\" is not a base64 SHA-256 digest "
+                            "(44 characters)",
+                            pin);
+            if (!(r->tls_pins[r->ntls_pins] = xstrdup(ld, pin)))
+                return -1;
+            r->ntls_pins++;
+        }
+    }
+    return 0;
+}
+
+/*
+ * proxy = "socks5://[user:pass@]host:port" | "http://host:port".  Only with
+ * the tunnel option: a proxy changes what the port and address mean.
+ */
+static int read_proxy(struct loader *ld, const config_setting_t *rs, struct relay_config *r)
+{
+    const char *v = NULL;
+    const config_setting_t *s = NULL;
+    int got = get_string(ld, rs, "proxy", "proxy", &v, &s);
+    if (got <= 0)
+        return got;
+    if (!(r->options & RELAY_OPT_TUNNEL))
+        return fail(ld, s, "'proxy' needs the 'tunnel' option");
+    struct proxy_url u;
+    char why[160];
+    if (proxy_url_parse(v, &u, why, sizeof(why)) < 0)
+        return fail(ld, s, "'proxy': %s", why);
+    r->proxy_kind = u.kind;
+    r->proxy_host = u.host;
+    r->proxy_port = u.port;
+    r->proxy_user = u.user;
+    r->proxy_password = u.password;
     return 0;
 }
 
@@ -867,7 +1045,7 @@ static int read_tls(struct loader *ld, const config_setting_t *rs, struct relay_
         if (!(r->tls_min_version = xstrdup(ld, v)))
             return -1;
     }
-    return 0;
+    return read_tls_more(ld, ts, r);
 }
 
 static int read_pool(struct loader *ld, const config_setting_t *rs, struct relay_config *r,
@@ -906,6 +1084,363 @@ static int read_pool(struct loader *ld, const config_setting_t *rs, struct relay
     return 0;
 }
 
+/* ---- budgets: rate and limits (pool.c, upstream.c) ---------------------- */
+
+static const char *const rate_keys[] = {
+    "messages_per_second",
+    "messages_per_minute",
+    "max_recipients",
+    NULL,
+};
+static const char *const limits_keys[] = {"max_logins_per_minute", "max_messages", NULL};
+
+/*
+ * rate = { ... } and limits = { ... }.  limits.max_messages is the provider's
+ * cap on messages per connection, the same thing as pool.max_messages: the
+ * smaller of the two (0 being no cap) is what the pool uses.  Runs after
+ * read_pool().
+ */
+static int read_budgets(struct loader *ld, const config_setting_t *rs, struct relay_config *r,
+                        const char *name)
+{
+    struct budget_config *b = &r->budget;
+    char where[MAILPOOL_MAX_RELAY_NAME + 32];
+    config_setting_t *gs;
+    int got = get_group(ld, rs, "rate", "rate", &gs);
+    if (got < 0)
+        return -1;
+    if (got) {
+        snprintf(where, sizeof(where), "rate of relay '%s'", name);
+        if (check_keys(ld, gs, rate_keys, NULL, where) < 0 ||
+            get_uint(ld, gs, "messages_per_second", "rate.messages_per_second", 0, 100000,
+                     &b->messages_per_second) < 0 ||
+            get_uint(ld, gs, "messages_per_minute", "rate.messages_per_minute", 0, 6000000,
+                     &b->messages_per_minute) < 0 ||
+            get_uint(ld, gs, "max_recipients", "rate.max_recipients", 0, 100000,
+                     &b->max_recipients) < 0)
+            return -1;
+    }
+    if ((got = get_group(ld, rs, "limits", "limits", &gs)) < 0)
+        return -1;
+    if (got) {
+        unsigned max_messages = 0;
+        snprintf(where, sizeof(where), "limits of relay '%s'", name);
+        if (check_keys(ld, gs, limits_keys, NULL, where) < 0 ||
+            get_uint(ld, gs, "max_logins_per_minute", "limits.max_logins_per_minute", 0, 100000,
+                     &b->max_logins_per_minute) < 0 ||
+            get_uint(ld, gs, "max_messages", "limits.max_messages", 0, 1000000, &max_messages) < 0)
+            return -1;
+        if (max_messages > 0 && (r->pool.max_messages == 0 || max_messages < r->pool.max_messages))
+            r->pool.max_messages = max_messages;
+    }
+    return 0;
+}
+
+/* ---- routing and address fixing (route.c, rewrite.c) -------------------- */
+
+/*
+ * User and group names are resolved here, at start and reload, so that the
+ * event loop never asks NSS anything: at connect time only the peer's ids
+ * (SO_PEERCRED, SO_PEERGROUPS) are compared with these.
+ */
+static int parse_id(const char *s, unsigned long *out)
+{
+    if (!*s || strlen(s) > 10)
+        return 0;
+    for (const char *p = s; *p; p++)
+        if (!isdigit((unsigned char)*p))
+            return 0;
+    *out = strtoul(s, NULL, 10);
+    return *out < (unsigned long)UINT32_MAX;
+}
+
+/* A user (is_group 0) or group named by a string (name or numeric id) or an integer. */
+static int read_id(struct loader *ld, const config_setting_t *e, const char *label, int is_group,
+                   unsigned long *out)
+{
+    int t = config_setting_type(e);
+    if (t == CONFIG_TYPE_INT || t == CONFIG_TYPE_INT64) {
+        long long v = config_setting_get_int64(e);
+        if (v < 0 || v >= (long long)UINT32_MAX)
+            return fail(ld, e, "'%s': %lld is not a valid id", label, v);
+        *out = (unsigned long)v;
+        return 0;
+    }
+    if (t != CONFIG_TYPE_STRING)
+        return fail(ld, e, "'%s' must name a %s (or give its id), not %s", label,
+                    is_group ? "group" : "user", type_name(t));
+    const char *v = config_setting_get_string(e);
+    if (!v || !*v)
+        return fail(ld, e, "'%s' must not be empty", label);
+    if (parse_id(v, out))
+        return 0;
+    if (is_group) {
+        const struct group *g = getgrnam(v);
+        if (!g)
+            return fail(ld, e, "'%s': no such group '%s'", label, v);
+        *out = g->gr_gid;
+    } else {
+        const struct passwd *pw = getpwnam(v);
+        if (!pw)
+            return fail(ld, e, "'%s': no such user '%s'", label, v);
+        *out = pw->pw_uid;
+    }
+    return 0;
+}
+
+/* `users` or `groups` of an allow group: a list, or one value on its own. */
+static int read_id_list(struct loader *ld, const config_setting_t *as, const char *key,
+                        const char *label, int is_group, struct access_list *al)
+{
+    const config_setting_t *s = config_setting_get_member(as, key);
+    if (!s)
+        return 0;
+    int n = config_setting_is_aggregate(s) ? config_setting_length(s) : 1;
+    if (config_setting_is_group(s))
+        return fail(ld, s, "'%s' must be a list [ ... ] of names or ids", label);
+    void *ids = calloc(n > 0 ? (size_t)n : 1, is_group ? sizeof(gid_t) : sizeof(uid_t));
+    if (!ids) {
+        ld->oom = 1;
+        return -1;
+    }
+    if (is_group) {
+        al->gids = ids;
+    } else {
+        al->uids = ids;
+    }
+    for (int i = 0; i < n; i++) {
+        const config_setting_t *e =
+            config_setting_is_aggregate(s) ? config_setting_get_elem(s, (unsigned)i) : s;
+        unsigned long id;
+        if (read_id(ld, e, label, is_group, &id) < 0)
+            return -1;
+        if (is_group)
+            al->gids[al->ngids++] = (gid_t)id;
+        else
+            al->uids[al->nuids++] = (uid_t)id;
+    }
+    return 0;
+}
+
+static const char *const allow_keys[] = {"users", "groups", NULL};
+
+static int read_access_list(struct loader *ld, const config_setting_t *parent, const char *label,
+                            struct access_list *al)
+{
+    config_setting_t *as;
+    int got = get_group(ld, parent, "allow", label, &as);
+    if (got <= 0)
+        return got;
+    if (check_keys(ld, as, allow_keys, NULL, label) < 0)
+        return -1;
+    char sub[64];
+    al->set = 1;
+    snprintf(sub, sizeof(sub), "%s.users", label);
+    if (read_id_list(ld, as, "users", sub, 0, al) < 0)
+        return -1;
+    snprintf(sub, sizeof(sub), "%s.groups", label);
+    return read_id_list(ld, as, "groups", sub, 1, al);
+}
+
+static void free_access_list(struct access_list *al)
+{
+    free(al->uids);
+    free(al->gids);
+}
+
+/* A domain for qualify_domain or a route condition: a host name, compared without case. */
+static int read_domain(struct loader *ld, const config_setting_t *group, const char *key,
+                       const char *label, char **out)
+{
+    const char *v = NULL;
+    const config_setting_t *s = NULL;
+    int got = get_string(ld, group, key, label, &v, &s);
+    if (got <= 0)
+        return got;
+    if (!valid_hostname(v))
+        return fail(ld, s, "'%s' must be a domain name", label);
+    return (*out = xstrdup(ld, v)) ? 1 : -1;
+}
+
+/* A complete address (local@domain) that goes into the envelope or a header as is. */
+static int read_full_address(struct loader *ld, const config_setting_t *s, const char *label,
+                             const char *v, char **out)
+{
+    const char *why = addr_check(v, strlen(v), 0);
+    if (why)
+        return fail(ld, s, "'%s' is not a valid address: %s", label, why);
+    const char *at = strrchr(v, '@');
+    if (!at || at == v || !at[1])
+        return fail(ld, s, "'%s' must be a full address local@domain", label);
+    return (*out = xstrdup(ld, v)) ? 0 : -1;
+}
+
+static int read_aliases(struct loader *ld, const config_setting_t *rs, struct address_fixing *fx)
+{
+    config_setting_t *as;
+    int got = get_group(ld, rs, "aliases", "aliases", &as);
+    if (got <= 0)
+        return got;
+    int n = config_setting_length(as);
+    fx->aliases = calloc(n > 0 ? (size_t)n : 1, sizeof(*fx->aliases));
+    if (!fx->aliases) {
+        ld->oom = 1;
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        const config_setting_t *e = config_setting_get_elem(as, (unsigned)i);
+        const char *name = config_setting_name(e);
+        if (config_setting_type(e) != CONFIG_TYPE_STRING)
+            return fail(ld, e, "alias '%s' must be a string \"local@domain\"", name);
+        struct alias *a = &fx->aliases[fx->naliases++];
+        if (!(a->name = xstrdup(ld, name)))
+            return -1;
+        char label[80];
+        snprintf(label, sizeof(label), "aliases.%.60s", name);
+        if (read_full_address(ld, e, label, config_setting_get_string(e), &a->addr) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* The relay keys of route.c and rewrite.c, read after the rest of the relay. */
+static int read_relay_routing(struct loader *ld, const config_setting_t *rs, struct relay_config *r)
+{
+    struct address_fixing *fx = &r->fix;
+    if (read_access_list(ld, rs, "allow", &r->allow) < 0 ||
+        read_domain(ld, rs, "qualify_domain", "qualify_domain", &fx->qualify_domain) < 0 ||
+        read_aliases(ld, rs, fx) < 0)
+        return -1;
+    const char *v = NULL;
+    const config_setting_t *s = NULL;
+    int got = get_string(ld, rs, "sender", "sender", &v, &s);
+    if (got < 0 || (got && read_full_address(ld, s, "sender", v, &fx->sender) < 0))
+        return -1;
+    if ((got = get_string(ld, rs, "from_header", "from_header", &v, &s)) < 0)
+        return -1;
+    fx->from_header = FROM_HEADER_KEEP;
+    if (got) {
+        if (strcmp(v, "keep") == 0)
+            fx->from_header = FROM_HEADER_KEEP;
+        else if (strcmp(v, "rewrite") == 0)
+            fx->from_header = FROM_HEADER_REWRITE;
+        else if (strcmp(v, "add_if_missing") == 0)
+            fx->from_header = FROM_HEADER_ADD_IF_MISSING;
+        else
+            return fail(ld, s, "'from_header' must be \"keep\", \"rewrite\" or \"add_if_missing\"");
+    }
+    return 0;
+}
+
+static void free_relay_routing(struct relay_config *r)
+{
+    free_access_list(&r->allow);
+    free(r->fix.qualify_domain);
+    free(r->fix.sender);
+    for (size_t i = 0; i < r->fix.naliases; i++) {
+        free(r->fix.aliases[i].name);
+        free(r->fix.aliases[i].addr);
+    }
+    free(r->fix.aliases);
+}
+
+static const char *const route_keys[] = {
+    "sender_domain", "sender", "recipient_domain", "user", "group", "relay", NULL,
+};
+
+static int read_route(struct loader *ld, const config_setting_t *e, const struct config *cfg,
+                      struct route_rule *rt)
+{
+    rt->line = (int)config_setting_source_line(e);
+    if (!config_setting_is_group(e))
+        return fail(ld, e, "each entry of 'routes' must be a group { ...; relay = \"name\"; }");
+    if (check_keys(ld, e, route_keys, NULL, "a route") < 0)
+        return -1;
+    const char *v = NULL;
+    const config_setting_t *s = NULL;
+    int got, conds = 0;
+    if ((got = read_domain(ld, e, "sender_domain", "sender_domain", &rt->sender_domain)) < 0)
+        return -1;
+    conds += got;
+    if ((got = read_domain(ld, e, "recipient_domain", "recipient_domain", &rt->recipient_domain)) <
+        0)
+        return -1;
+    conds += got;
+    if ((got = get_string(ld, e, "sender", "sender", &v, &s)) < 0)
+        return -1;
+    if (got) {
+        /* "<>" or "" would be unreadable; the null sender is matched as "<>". */
+        if (strcmp(v, "<>") != 0 && addr_check(v, strlen(v), 1) != NULL)
+            return fail(ld, s, "'sender' is not a valid address");
+        if (!(rt->sender = xstrdup(ld, v)))
+            return -1;
+        conds++;
+    }
+    unsigned long id;
+    const config_setting_t *u = config_setting_get_member(e, "user");
+    if (u) {
+        if (read_id(ld, u, "user", 0, &id) < 0)
+            return -1;
+        rt->has_user = 1;
+        rt->user = (uid_t)id;
+        conds++;
+    }
+    const config_setting_t *g = config_setting_get_member(e, "group");
+    if (g) {
+        if (read_id(ld, g, "group", 1, &id) < 0)
+            return -1;
+        rt->has_group = 1;
+        rt->group = (gid_t)id;
+        conds++;
+    }
+    if ((got = get_string(ld, e, "relay", "relay", &v, &s)) < 0)
+        return -1;
+    if (!got)
+        return fail(ld, e, "a route needs 'relay = \"name\";'");
+    const struct relay_config *rc = config_relay(cfg, v);
+    if (!rc)
+        return fail(ld, s, "route relay '%s' is not defined in 'relays'", v);
+    rt->relay = (size_t)(rc - cfg->relays);
+    if (conds == 0)
+        return fail(ld, e,
+                    "a route needs at least one of sender_domain, sender, recipient_domain, "
+                    "user, group (use default_relay for the rest)");
+    return 0;
+}
+
+static int read_routes(struct loader *ld, const config_setting_t *root, struct config *cfg)
+{
+    const config_setting_t *s = config_setting_get_member(root, "routes");
+    if (!s)
+        return 0;
+    if (!config_setting_is_list(s) && !config_setting_is_array(s))
+        return fail(ld, s, "'routes' must be a list ( { ... }, { ... } )");
+    int n = config_setting_length(s);
+    cfg->routes = calloc(n > 0 ? (size_t)n : 1, sizeof(*cfg->routes));
+    if (!cfg->routes) {
+        ld->oom = 1;
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        cfg->nroutes++; /* count first so config_free() releases a partial route */
+        if (read_route(ld, config_setting_get_elem(s, (unsigned)i), cfg, &cfg->routes[i]) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static void free_routing(struct config *cfg)
+{
+    for (size_t i = 0; i < cfg->nroutes; i++) {
+        free(cfg->routes[i].sender_domain);
+        free(cfg->routes[i].sender);
+        free(cfg->routes[i].recipient_domain);
+    }
+    free(cfg->routes);
+    free_access_list(&cfg->allow);
+    for (size_t i = 0; i < cfg->nrelays; i++)
+        free_relay_routing(&cfg->relays[i]);
+}
 static int valid_relay_name(const char *name)
 {
     size_t n = strlen(name);
@@ -961,10 +1496,14 @@ static int read_relay_body(struct loader *ld, const config_setting_t *rs, struct
     if (read_auth(ld, rs, r, sub) < 0)
         return -1;
     snprintf(sub, sizeof(sub), "tls of relay '%s'", name);
-    if (read_tls(ld, rs, r, sub) < 0)
+    if (read_tls(ld, rs, r, sub) < 0 || read_proxy(ld, rs, r) < 0)
         return -1;
     snprintf(sub, sizeof(sub), "pool of relay '%s'", name);
-    return read_pool(ld, rs, r, sub);
+    if (read_pool(ld, rs, r, sub) < 0)
+        return -1;
+    if (read_budgets(ld, rs, r, name) < 0)
+        return -1;
+    return 0;
 }
 
 static int read_relay(struct loader *ld, const config_setting_t *rs, struct relay_config *r)
@@ -986,6 +1525,8 @@ static int read_relay(struct loader *ld, const config_setting_t *rs, struct rela
         return -1;
     ld->scope = where;
     int rc = read_relay_body(ld, rs, r, name);
+    if (rc == 0)
+        rc = read_relay_routing(ld, rs, r);
     ld->scope = NULL; /* it points into this frame */
     return rc;
 }
@@ -994,11 +1535,13 @@ static int read_relay(struct loader *ld, const config_setting_t *rs, struct rela
 
 static const char *const daemon_keys[] = {
     "hostname",    "submit_socket",  "control_socket", "spool_dir", "max_message_size",
-    "max_clients", "client_timeout", "log_level",      NULL,
+    "max_clients", "client_timeout", "log_level",      "allow",     NULL,
 };
-static const char *const daemon_later[] = {"allow", NULL};
-static const char *const top_keys[] = {"daemon", "default_relay", "relays", "spool", NULL};
-static const char *const top_later[] = {"routes", NULL};
+static const char *const daemon_later[] = {NULL};
+static const char *const top_keys[] = {
+    "daemon", "default_relay", "relays", "spool", "routes", NULL,
+};
+static const char *const top_later[] = {NULL};
 
 static int read_socket_path(struct loader *ld, const config_setting_t *ds, const char *key,
                             const char *def, char **out)
@@ -1087,6 +1630,8 @@ static int read_daemon(struct loader *ld, const config_setting_t *root, struct c
         return -1;
     ld->scope = "daemon";
     int rc = read_daemon_keys(ld, ds, cfg);
+    if (rc == 0 && ds)
+        rc = read_access_list(ld, ds, "daemon.allow", &cfg->allow);
     ld->scope = NULL;
     return rc;
 }
@@ -1333,6 +1878,11 @@ static void wipe_inline_passwords(config_t *cf)
             a && config_setting_is_group(a) ? config_setting_get_member(a, "password") : NULL;
         if (p && config_setting_type(p) == CONFIG_TYPE_STRING && p->value.sval)
             explicit_bzero(p->value.sval, strlen(p->value.sval));
+        /* proxy = "socks5://user:password@..." holds a secret too */
+        const config_setting_t *px =
+            config_setting_is_group(r) ? config_setting_get_member(r, "proxy") : NULL;
+        if (px && config_setting_type(px) == CONFIG_TYPE_STRING && px->value.sval)
+            explicit_bzero(px->value.sval, strlen(px->value.sval));
     }
 }
 
@@ -1408,7 +1958,7 @@ struct config *config_load(const char *path, char *err, size_t errlen)
     const config_setting_t *root = config_root_setting(&cf);
     if (!(cfg->path = xstrdup(&ld, path)) || check_keys(&ld, root, top_keys, top_later, NULL) < 0 ||
         read_daemon(&ld, root, cfg) < 0 || read_spool(&ld, root, cfg) < 0 ||
-        read_relays(&ld, root, cfg) < 0 || ld.oom) {
+        read_relays(&ld, root, cfg) < 0 || read_routes(&ld, root, cfg) < 0 || ld.oom) {
         config_free(cfg);
         cfg = NULL;
     }
@@ -1435,6 +1985,7 @@ void config_free(struct config *cfg)
 {
     if (!cfg)
         return;
+    free_routing(cfg);
     for (size_t i = 0; i < cfg->nrelays; i++) {
         struct relay_config *r = &cfg->relays[i];
         for (size_t h = 0; h < r->nhosts; h++)
@@ -1445,10 +1996,21 @@ void config_free(struct config *cfg)
         free(r->auth_user);
         free_secret(r->auth_password);
         free(r->auth_password_file);
+        free_secret(r->auth_password_command);
+        free(r->auth_credential);
         free(r->tls_ca_file);
         free(r->tls_ca_path);
         free(r->tls_server_name);
         free(r->tls_min_version);
+        free(r->tls_ciphers);
+        free(r->tls_client_cert);
+        free(r->tls_client_key);
+        for (size_t k = 0; k < r->ntls_pins; k++)
+            free(r->tls_pins[k]);
+        free(r->tls_pins);
+        free(r->proxy_host);
+        free(r->proxy_user);
+        free_secret(r->proxy_password);
     }
     free(cfg->relays);
     free(cfg->path);
@@ -1469,3 +2031,80 @@ const struct relay_config *config_relay(const struct config *cfg, const char *na
             return &cfg->relays[i];
     return NULL;
 }
+
+/* ---- reload: which relay profiles changed --------------------------------- */
+
+static int str_eq(const char *a, const char *b)
+{
+    if (a == NULL || b == NULL)
+        return a == b;
+    return strcmp(a, b) == 0;
+}
+
+/*
+ * Field by field rather than a serialisation: a serialiser would need the
+ * same per-field care, and this way a missed field is caught at build time
+ * by the size check below.  THE RULE: every field added to struct
+ * relay_config must be compared here (or listed below as not affecting
+ * sessions), and the size in the check updated.  Not compared, because
+ * sessions never read them and a kept relay is re-pointed at the new profile
+ * anyway: line (moves whenever lines above it are edited), mode, allow, fix.
+ * Secrets are compared too: a rotated password must reach new logins.
+ */
+int relay_config_equal(const struct relay_config *a, const struct relay_config *b)
+{
+    if (!str_eq(a->name, b->name) || a->nhosts != b->nhosts || a->options != b->options ||
+        a->timeout != b->timeout || a->timeouts.connect != b->timeouts.connect ||
+        a->timeouts.greeting != b->timeouts.greeting ||
+        a->timeouts.command != b->timeouts.command ||
+        a->timeouts.data_block != b->timeouts.data_block ||
+        a->timeouts.data_end != b->timeouts.data_end || !str_eq(a->helo_name, b->helo_name))
+        return 0;
+    for (size_t i = 0; i < a->nhosts; i++)
+        if (!str_eq(a->hosts[i].host, b->hosts[i].host) || a->hosts[i].port != b->hosts[i].port)
+            return 0;
+    if (a->has_auth != b->has_auth || !str_eq(a->auth_user, b->auth_user) ||
+        !str_eq(a->auth_password, b->auth_password) ||
+        !str_eq(a->auth_password_file, b->auth_password_file) ||
+        a->auth_mechanisms != b->auth_mechanisms ||
+        a->allow_plaintext_auth != b->allow_plaintext_auth ||
+        !str_eq(a->auth_password_command, b->auth_password_command) ||
+        a->auth_password_command_ttl != b->auth_password_command_ttl ||
+        !str_eq(a->auth_credential, b->auth_credential))
+        return 0;
+    if (!str_eq(a->tls_ca_file, b->tls_ca_file) || !str_eq(a->tls_ca_path, b->tls_ca_path) ||
+        !str_eq(a->tls_server_name, b->tls_server_name) ||
+        !str_eq(a->tls_min_version, b->tls_min_version))
+        return 0;
+    const struct pool_config *pa = &a->pool, *pb = &b->pool;
+    if (pa->max_connections != pb->max_connections || pa->min_idle != pb->min_idle ||
+        pa->idle_timeout != pb->idle_timeout || pa->keepalive != pb->keepalive ||
+        pa->max_messages != pb->max_messages || pa->max_age != pb->max_age ||
+        pa->max_waiters != pb->max_waiters || pa->wait_timeout != pb->wait_timeout)
+        return 0;
+    const struct budget_config *ba = &a->budget, *bb = &b->budget;
+    if (ba->messages_per_second != bb->messages_per_second ||
+        ba->messages_per_minute != bb->messages_per_minute ||
+        ba->max_recipients != bb->max_recipients ||
+        ba->max_logins_per_minute != bb->max_logins_per_minute)
+        return 0;
+    if (!str_eq(a->tls_ciphers, b->tls_ciphers) ||
+        !str_eq(a->tls_client_cert, b->tls_client_cert) ||
+        !str_eq(a->tls_client_key, b->tls_client_key) || a->ntls_pins != b->ntls_pins)
+        return 0;
+    for (size_t i = 0; i < a->ntls_pins; i++)
+        if (!str_eq(a->tls_pins[i], b->tls_pins[i]))
+            return 0;
+    if (a->proxy_kind != b->proxy_kind || !str_eq(a->proxy_host, b->proxy_host) ||
+        a->proxy_port != b->proxy_port || !str_eq(a->proxy_user, b->proxy_user) ||
+        !str_eq(a->proxy_password, b->proxy_password))
+        return 0;
+    return 1;
+}
+
+#define RELAY_CONFIG_SIZE_CHECKED 376 /* x86_64, with every field compared above */
+#if defined(__x86_64__) && defined(__LP64__)
+/* Fails when struct relay_config grew: compare the new field above, then update the size. */
+_Static_assert(sizeof(struct relay_config) == RELAY_CONFIG_SIZE_CHECKED,
+               "a field was added to struct relay_config: add it to relay_config_equal()");
+#endif

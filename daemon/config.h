@@ -11,6 +11,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 /* Relay options: the config words of SPEC section 1. */
 enum relay_option {
@@ -53,6 +54,44 @@ struct pool_config {
     unsigned wait_timeout;    /* seconds a message may wait for a session; default 60 */
 };
 
+/*
+ * Budgets (SPEC section 1, rate and limits; pool.c, upstream.c).  0 means no
+ * limit.  limits.max_messages is not kept here: it caps pool.max_messages.
+ */
+struct budget_config {
+    unsigned messages_per_second;   /* rate.messages_per_second */
+    unsigned messages_per_minute;   /* rate.messages_per_minute */
+    unsigned max_recipients;        /* rate.max_recipients: RCPTs per upstream transaction */
+    unsigned max_logins_per_minute; /* limits.max_logins_per_minute, per account */
+};
+
+/* Who may do something: local users and groups, resolved to ids at load (route.c). */
+struct access_list {
+    int set; /* the list was given; an absent list allows everyone */
+    uid_t *uids;
+    size_t nuids;
+    gid_t *gids;
+    size_t ngids;
+};
+
+/* How a relay's From header is fixed (rewrite.c). */
+enum from_header_mode { FROM_HEADER_KEEP = 0, FROM_HEADER_REWRITE, FROM_HEADER_ADD_IF_MISSING };
+
+/* One entry of a relay's aliases: local name -> address. */
+struct alias {
+    char *name;
+    char *addr;
+};
+
+/* Address fixing for local-only mail (SPEC section 1; rewrite.c). */
+struct address_fixing {
+    char *qualify_domain; /* NULL: bare local parts stay bare */
+    char *sender;         /* forced envelope sender; NULL: keep the client's */
+    enum from_header_mode from_header;
+    struct alias *aliases;
+    size_t naliases;
+};
+
 struct relay_config {
     char *name;
     struct relay_host *hosts;
@@ -77,6 +116,27 @@ struct relay_config {
 
     struct pool_config pool;
     int line; /* line of the profile in the file, for messages */
+
+    /* Routing and address fixing (route.c, rewrite.c). */
+    struct access_list allow; /* who may use this relay */
+    struct address_fixing fix;
+
+    struct budget_config budget; /* rate and limits (pool.c, upstream.c) */
+    /* TLS settings applied in pool_new() and the tunnel (upstream.c, proxy.c). */
+    char *tls_ciphers;     /* OpenSSL-style suite list; NULL: the built-in choice */
+    char *tls_client_cert; /* PEM chain presented to the server; NULL: none */
+    char *tls_client_key;  /* its private key (defaults to tls_client_cert) */
+    char **tls_pins;       /* base64 SHA-256 SPKI pins (pin_sha256) */
+    size_t ntls_pins;
+    int proxy_kind;   /* enum proxy_kind: PROXY_NONE unless "proxy" is set */
+    char *proxy_host; /* the proxy itself, resolved like a relay host */
+    uint16_t proxy_port;
+    char *proxy_user;     /* SOCKS5 user (RFC 1929), or NULL */
+    char *proxy_password; /* secret: never printed; wiped by config_free() */
+    /* Secrets that are not read at load time (secret.c). */
+    char *auth_password_command;        /* run through /bin/sh -c at AUTH; NULL: none */
+    unsigned auth_password_command_ttl; /* seconds its output is reused; default 300 */
+    char *auth_credential; /* systemd credential name (the secret is in auth_password) */
 };
 
 enum auth_mech {
@@ -86,6 +146,7 @@ enum auth_mech {
     AUTH_MECH_SCRAM_SHA_256 = 1u << 3,
     AUTH_MECH_XOAUTH2 = 1u << 4,
     AUTH_MECH_OAUTHBEARER = 1u << 5,
+    AUTH_MECH_SCRAM_SHA_1 = 1u << 6, /* RFC 5802; below SCRAM-SHA-256 in the default order */
 };
 
 /* The spool and queue mode (SPEC section 3). */
@@ -97,6 +158,19 @@ struct spool_config {
     char *bounce_to;             /* send every DSN here instead of the sender; NULL: sender */
     unsigned bounce_rate;        /* DSNs per minute at most; default 60 */
     size_t bounce_max_original;  /* original included in a DSN up to this size; default 1 MiB */
+};
+
+/* One entry of the top-level routes list; every condition given must match. */
+struct route_rule {
+    char *sender_domain;    /* NULL: any */
+    char *sender;           /* NULL: any */
+    char *recipient_domain; /* NULL: any */
+    int has_user;
+    uid_t user;
+    int has_group;
+    gid_t group;
+    size_t relay; /* index into relays */
+    int line;
 };
 
 struct config {
@@ -115,6 +189,11 @@ struct config {
     struct relay_config *relays;
     size_t nrelays;
     size_t default_relay; /* index into relays */
+
+    /* Routing (route.c): daemon.allow and the ordered top-level routes list. */
+    struct access_list allow; /* who may submit at all */
+    struct route_rule *routes;
+    size_t nroutes;
 };
 
 /*
@@ -131,5 +210,12 @@ void config_free(struct config *cfg);
 
 /* The relay profile called `name`, or NULL. */
 const struct relay_config *config_relay(const struct config *cfg, const char *name);
+
+/*
+ * 1 when two relay profiles would open and run identical sessions (hosts,
+ * options, timeouts, AUTH and its secrets, TLS, pool and budgets), else 0.
+ * A reload keeps the warm sessions of equal relays and drains the others.
+ */
+int relay_config_equal(const struct relay_config *a, const struct relay_config *b);
 
 #endif

@@ -6,9 +6,11 @@
 #include "config_check.h"
 
 #include "config.h"
+#include "proxy.h"
 #include "proto.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static void print_relay(FILE *out, const struct config *cfg, size_t idx)
@@ -33,6 +35,14 @@ static void print_relay(FILE *out, const struct config *cfg, size_t idx)
         fprintf(out, "; auth user %s", r->auth_user);
     else
         fputs("; no auth", out);
+    if (r->proxy_kind != PROXY_NONE) {
+        /* built without the password: it never reaches the output */
+        struct proxy_url pu = {(enum proxy_kind)r->proxy_kind, r->proxy_host, r->proxy_port,
+                               r->proxy_user, NULL};
+        char *red = proxy_url_redacted(&pu);
+        fprintf(out, "; proxy %s", red ? red : "(out of memory)");
+        free(red);
+    }
     fprintf(out, "; mode %s\n", r->mode == MODE_RELAY ? MAILPOOL_MODE_RELAY : MAILPOOL_MODE_QUEUE);
 }
 

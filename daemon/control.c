@@ -25,6 +25,7 @@
 #include "log.h"
 #include "pool.h"
 #include "proto.h"
+#include "proxy.h"
 #include "queue.h"
 #include "spool.h"
 #include "submit.h"
@@ -77,6 +78,9 @@ struct control {
     size_t nconns;
     unsigned long next_id;
     struct timespec started; /* CLOCK_MONOTONIC */
+
+    control_reload_fn reload; /* the daemon's reload, NULL until set */
+    void *reload_arg;
 };
 
 struct ctl_request {
@@ -186,6 +190,160 @@ static void cmd_pool(struct control *ctl, const struct ctl_request *req, struct 
         json_array_begin(w);
         pool_foreach_session(ctl->pool, i, pool_session_json, w);
         json_array_end(w);
+        json_object_end(w);
+    }
+    json_array_end(w);
+    json_object_end(w);
+}
+
+/* ---- relays: the effective profiles ---------------------------------------- */
+
+static void json_kv_host_list(struct json_writer *w, const struct relay_config *rc)
+{
+    json_key(w, "hosts");
+    json_array_begin(w);
+    for (size_t h = 0; h < rc->nhosts; h++) {
+        const char *host = rc->hosts[h].host;
+        int v6 = strchr(host, ':') != NULL;
+        char buf[300];
+        snprintf(buf, sizeof(buf), "%s%s%s:%u", v6 ? "[" : "", host, v6 ? "]" : "",
+                 rc->hosts[h].port);
+        json_string(w, buf);
+    }
+    json_array_end(w);
+}
+
+static void relay_tls_json(struct json_writer *w, const struct relay_config *rc)
+{
+    json_key(w, "tls");
+    json_object_begin(w);
+    json_kv_bool(w, "used", (rc->options & (RELAY_OPT_SECURE | RELAY_OPT_SECURE_IMPLICIT)) != 0);
+    json_kv_bool(w, "verify", !(rc->options & RELAY_OPT_TRUSTED_SITE));
+    json_kv_string(w, "ca_file", rc->tls_ca_file);
+    json_kv_string(w, "ca_path", rc->tls_ca_path);
+    /* the name certificates are checked against: tls.server_name, else each host's name */
+    json_kv_string(w, "server_name", rc->tls_server_name);
+    json_kv_string(w, "min_version",
+                   rc->tls_min_version                              ? rc->tls_min_version
+                   : (rc->options & RELAY_OPT_SECURE_FALLBACK) != 0 ? "1.1"
+                                                                    : "1.2");
+    json_kv_string(w, "ciphers", rc->tls_ciphers);
+    json_kv_string(w, "client_cert", rc->tls_client_cert);
+    json_kv_string(w, "client_key", rc->tls_client_key); /* a path, not the key */
+    json_key(w, "pin_sha256");
+    json_array_begin(w);
+    for (size_t k = 0; k < rc->ntls_pins; k++)
+        json_string(w, rc->tls_pins[k]); /* public-key digests are not secrets */
+    json_array_end(w);
+    json_object_end(w);
+}
+
+static const struct {
+    unsigned bit;
+    const char *name;
+} ctl_mechs[] = {
+    {AUTH_MECH_SCRAM_SHA_256, "SCRAM-SHA-256"},
+    {AUTH_MECH_SCRAM_SHA_1, "SCRAM-SHA-1"},
+    {AUTH_MECH_CRAM_MD5, "CRAM-MD5"},
+    {AUTH_MECH_PLAIN, "PLAIN"},
+    {AUTH_MECH_LOGIN, "LOGIN"},
+    {AUTH_MECH_XOAUTH2, "XOAUTH2"},
+    {AUTH_MECH_OAUTHBEARER, "OAUTHBEARER"},
+};
+
+/* The user and mechanisms only: no password, token or command output ever. */
+static void relay_auth_json(struct json_writer *w, const struct relay_config *rc)
+{
+    json_key(w, "auth");
+    if (!rc->has_auth) {
+        json_null(w);
+        return;
+    }
+    json_object_begin(w);
+    json_kv_string(w, "user", rc->auth_user);
+    /*
+     * Where the secret comes from, never the secret: file and credential
+     * names are shown; a command line may itself carry a token, so only its
+     * presence and cache lifetime are.
+     */
+    const char *source = rc->auth_password_command ? "password_command"
+                         : rc->auth_credential     ? "credential"
+                         : rc->auth_password_file  ? "password_file"
+                                                   : "password";
+    json_kv_string(w, "secret_source", source);
+    json_kv_string(w, "password_file", rc->auth_password_file);
+    json_kv_string(w, "credential", rc->auth_credential);
+    if (rc->auth_password_command)
+        json_kv_uint(w, "password_command_ttl", rc->auth_password_command_ttl);
+    json_key(w, "mechanisms");
+    json_array_begin(w);
+    unsigned mechs = rc->auth_mechanisms;
+    if (mechs == 0) /* the default set, strongest first */
+        mechs = AUTH_MECH_SCRAM_SHA_256 | AUTH_MECH_SCRAM_SHA_1 | AUTH_MECH_CRAM_MD5 |
+                AUTH_MECH_PLAIN | AUTH_MECH_LOGIN;
+    for (size_t k = 0; k < sizeof(ctl_mechs) / sizeof(ctl_mechs[0]); k++)
+        if (mechs & ctl_mechs[k].bit)
+            json_string(w, ctl_mechs[k].name);
+    json_array_end(w);
+    json_kv_bool(w, "allow_plaintext_auth", rc->allow_plaintext_auth);
+    json_object_end(w);
+}
+
+static void cmd_relays(struct control *ctl, const struct ctl_request *req, struct json_writer *w)
+{
+    (void)req;
+    const struct config *cfg = ctl->cfg;
+    json_object_begin(w);
+    json_kv_bool(w, "ok", 1);
+    json_kv_string(w, "default_relay", cfg->nrelays ? cfg->relays[cfg->default_relay].name : NULL);
+    json_key(w, "relays");
+    json_array_begin(w);
+    for (size_t i = 0; i < cfg->nrelays; i++) {
+        const struct relay_config *rc = &cfg->relays[i];
+        json_object_begin(w);
+        json_kv_string(w, "name", rc->name);
+        json_kv_host_list(w, rc);
+        json_key(w, "options");
+        json_array_begin(w);
+        for (unsigned bit = 1; bit && bit <= RELAY_OPT_TUNNEL; bit <<= 1)
+            if ((rc->options & bit) && relay_option_name(bit))
+                json_string(w, relay_option_name(bit));
+        json_array_end(w);
+        json_kv_string(w, "mode", rc->mode == MODE_RELAY ? "relay" : "queue");
+        json_kv_string(w, "helo_name", rc->helo_name ? rc->helo_name : cfg->hostname);
+        json_kv_uint(w, "timeout", rc->timeout);
+        json_key(w, "timeouts");
+        json_object_begin(w);
+        json_kv_uint(w, "connect", rc->timeouts.connect);
+        json_kv_uint(w, "greeting", rc->timeouts.greeting);
+        json_kv_uint(w, "command", rc->timeouts.command);
+        json_kv_uint(w, "data_block", rc->timeouts.data_block);
+        json_kv_uint(w, "data_end", rc->timeouts.data_end);
+        json_object_end(w);
+        json_key(w, "pool");
+        json_object_begin(w);
+        json_kv_uint(w, "max_connections", rc->pool.max_connections);
+        json_kv_uint(w, "min_idle", rc->pool.min_idle);
+        json_kv_uint(w, "idle_timeout", rc->pool.idle_timeout);
+        json_kv_uint(w, "keepalive", rc->pool.keepalive);
+        json_kv_uint(w, "max_messages", rc->pool.max_messages);
+        json_kv_uint(w, "max_age", rc->pool.max_age);
+        json_kv_uint(w, "max_waiters", rc->pool.max_waiters);
+        json_kv_uint(w, "wait_timeout", rc->pool.wait_timeout);
+        json_object_end(w);
+        relay_tls_json(w, rc);
+        relay_auth_json(w, rc);
+        json_key(w, "proxy");
+        if (rc->proxy_kind == PROXY_NONE) {
+            json_null(w);
+        } else {
+            struct proxy_url pu = {(enum proxy_kind)rc->proxy_kind, rc->proxy_host, rc->proxy_port,
+                                   rc->proxy_user, NULL};
+            /* built without the password: only the "***" mask can appear */
+            char *red = proxy_url_redacted(&pu);
+            json_string(w, red ? red : "(out of memory)");
+            free(red);
+        }
         json_object_end(w);
     }
     json_array_end(w);
@@ -400,12 +558,35 @@ static void cmd_delete(struct control *ctl, const struct ctl_request *req, struc
         queue_cmd_answer(w, queue_delete(ctl->queue, id), id, "cannot delete it now");
 }
 
+static void cmd_reload(struct control *ctl, const struct ctl_request *req, struct json_writer *w)
+{
+    if (ctl->reload == NULL) {
+        ctl_error(w, "reload is not available");
+        return;
+    }
+    struct pool_reload_stats st;
+    char err[1024];
+    /* The daemon logs the outcome; this answer tells the operator who asked. */
+    if (ctl->reload(ctl->reload_arg, &st, err, sizeof(err)) != 0) {
+        ctl_error(w, "%s", err);
+        return;
+    }
+    json_object_begin(w);
+    json_kv_bool(w, "ok", 1);
+    json_kv_uint(w, "relays_kept", st.kept);
+    json_kv_uint(w, "relays_changed", st.changed);
+    json_kv_uint(w, "relays_added", st.added);
+    json_kv_uint(w, "relays_removed", st.removed);
+    json_object_end(w);
+}
+
 /* Later commands (relays, reload, test, metrics ...) join this table. */
 static const struct ctl_command commands[] = {
     {"status", 0, 0, "status", cmd_status},        {"pool", 0, 0, "pool", cmd_pool},
     {"queue", 0, 2, "queue [show ID]", cmd_queue}, {"flush", 0, 1, "flush [ID|RELAY]", cmd_flush},
     {"hold", 1, 1, "hold ID", cmd_hold},           {"release", 1, 1, "release ID", cmd_release},
-    {"delete", 1, 1, "delete ID", cmd_delete},
+    {"delete", 1, 1, "delete ID", cmd_delete},     {"reload", 0, 0, "reload", cmd_reload},
+    {"relays", 0, 0, "relays", cmd_relays},
 };
 
 /* ---- requests --------------------------------------------------------------- */
@@ -764,4 +945,15 @@ void control_free(struct control *ctl)
         conn_free(c);
     evconnlistener_free(ctl->listener);
     free(ctl);
+}
+
+void control_set_config(struct control *ctl, const struct config *cfg)
+{
+    ctl->cfg = cfg;
+}
+
+void control_set_reload(struct control *ctl, control_reload_fn fn, void *arg)
+{
+    ctl->reload = fn;
+    ctl->reload_arg = arg;
 }

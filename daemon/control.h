@@ -26,6 +26,18 @@ struct control *control_new(struct event_base *base, const struct config *cfg, s
                             struct queue *queue, struct submit_server *submit, int fd, char *err,
                             size_t errlen);
 
+/* A reload: read settings from cfg from now on.  cfg must outlive ctl or the next call. */
+void control_set_config(struct control *ctl, const struct config *cfg);
+
+/*
+ * The "reload" command calls fn: it returns 0 with st filled in, or -1 with
+ * the reason (e.g. "FILE:LINE: message") in err; the running configuration
+ * is then unchanged.
+ */
+struct pool_reload_stats;
+typedef int (*control_reload_fn)(void *arg, struct pool_reload_stats *st, char *err, size_t errlen);
+void control_set_reload(struct control *ctl, control_reload_fn fn, void *arg);
+
 /* Close every control connection (unsent answers are dropped) and free. NULL is fine. */
 void control_free(struct control *ctl);
 

@@ -24,6 +24,7 @@
 #include "log.h"
 #include "pool.h"
 #include "queue.h"
+#include "secret.h"
 #include "spool.h"
 #include "submit.h"
 #include "tls.h"
@@ -33,6 +34,19 @@
 #define SHUTDOWN_GRACE_SECONDS 30
 /* Longest wait for the QUIT replies of idle upstream sessions at exit. */
 #define QUIT_GRACE_SECONDS 2
+/*
+ * A configuration replaced by a reload is freed this long after the pool
+ * stopped using it: sessions sent QUIT still read their profile until the
+ * server answers, which upstream bounds at 2 seconds.
+ */
+#define RETIRE_GRACE_SECONDS 5
+
+/* A configuration replaced by a reload, kept while sessions still read it. */
+struct retired_config {
+    struct config *cfg;
+    time_t unused_since; /* 0 while the pool still uses it */
+    struct retired_config *next;
+};
 
 struct daemon {
     struct event_base *base;
@@ -47,6 +61,8 @@ struct daemon {
     int control_fd;
     struct event *sigterm, *sigint, *sighup, *drain_timer;
     time_t stop_started;
+    struct retired_config *retired;
+    struct event *retire_timer;
 };
 
 static void usage(FILE *f)
@@ -97,19 +113,116 @@ static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
     drain_check(-1, 0, d);
 }
 
-static void on_sighup(evutil_socket_t sig, short what, void *arg)
+static void retire_check(evutil_socket_t fd, short what, void *arg)
 {
     struct daemon *d = arg;
-    /* Validate the file now so an operator learns of mistakes at once. */
-    char err[1024];
-    struct config *fresh = config_load(d->cfg->path, err, sizeof(err));
+    time_t now = time(NULL);
+    struct retired_config **link = &d->retired;
+    while (*link != NULL) {
+        struct retired_config *r = *link;
+        if (pool_config_users(d->pool, r->cfg) > 0) {
+            r->unused_since = 0;
+        } else if (r->unused_since == 0) {
+            r->unused_since = now;
+        } else if (now - r->unused_since >= RETIRE_GRACE_SECONDS) {
+            *link = r->next;
+            config_free(r->cfg);
+            free(r);
+            continue;
+        }
+        link = &r->next;
+    }
+    if (d->retired != NULL) {
+        struct timeval tv = {1, 0};
+        evtimer_add(d->retire_timer, &tv);
+    }
+}
+
+/* Keep cfg until nothing reads it any more.  Returns -1 when out of memory. */
+static int retire_config(struct daemon *d, struct config *cfg)
+{
+    struct retired_config *r = calloc(1, sizeof(*r));
+    if (r == NULL)
+        return -1;
+    r->cfg = cfg;
+    r->next = d->retired;
+    d->retired = r;
+    retire_check(-1, 0, d);
+    return 0;
+}
+
+/* A setting only a restart can change: keep the running value in fresh, and say so. */
+static void keep_running_value(const char *key, const char *running, char **fresh)
+{
+    if (strcmp(running, *fresh) == 0)
+        return;
+    log_warn("reload: %s changed from \"%s\" to \"%s\": this needs a restart; keeping \"%s\"", key,
+             running, *fresh, running);
+    char *keep = strdup(running);
+    if (keep == NULL)
+        return; /* the new path is then used at exit for unlink; harmless */
+    free(*fresh);
+    *fresh = keep;
+}
+
+static void keep_restart_only(const struct config *running, struct config *fresh)
+{
+    keep_running_value("daemon.submit_socket", running->submit_socket, &fresh->submit_socket);
+    keep_running_value("daemon.control_socket", running->control_socket, &fresh->control_socket);
+    keep_running_value("daemon.spool_dir", running->spool_dir, &fresh->spool_dir);
+    if (running->spool.min_free != fresh->spool.min_free) {
+        log_warn("reload: spool.min_free changed: this needs a restart; keeping %llu",
+                 (unsigned long long)running->spool.min_free);
+        fresh->spool.min_free = running->spool.min_free;
+    }
+}
+
+/*
+ * Load and validate the file again; if it is good, switch the pool, the
+ * submission server, the queue and the control socket to it.  A bad file
+ * changes nothing.  Runs for SIGHUP and for the control socket's reload.
+ */
+static int daemon_reload(void *arg, struct pool_reload_stats *st, char *err, size_t errlen)
+{
+    struct daemon *d = arg;
+    if (d->stop_started) {
+        snprintf(err, errlen, "mailpoold is shutting down");
+        return -1;
+    }
+    notify("RELOADING=1");
+    struct config *fresh = config_load(d->cfg->path, err, errlen);
     if (fresh == NULL) {
         log_error("reload refused, keeping the running configuration: %s", err);
-        return;
+        notify("READY=1");
+        return -1;
     }
-    config_free(fresh);
-    log_warn("reload: configuration is valid, but live reload is not implemented yet; restart "
-             "mailpoold to apply it");
+    keep_restart_only(d->cfg, fresh);
+    if (pool_reconfigure(d->pool, fresh, st, err, errlen) != 0) {
+        log_error("reload refused, keeping the running configuration: %s", err);
+        config_free(fresh);
+        notify("READY=1");
+        return -1;
+    }
+    submit_set_config(d->submit, fresh);
+    queue_set_config(d->queue, fresh);
+    if (d->control != NULL)
+        control_set_config(d->control, fresh);
+    log_set_level((enum log_level)fresh->log_level);
+    struct config *old = d->cfg;
+    d->cfg = fresh;
+    if (retire_config(d, old) != 0)
+        log_error("reload: out of memory: the replaced configuration is leaked");
+    log_info("reload: config=%s relays=%zu kept=%zu changed=%zu added=%zu removed=%zu", fresh->path,
+             fresh->nrelays, st->kept, st->changed, st->added, st->removed);
+    notify("READY=1");
+    return 0;
+}
+
+static void on_sighup(evutil_socket_t sig, short what, void *arg)
+{
+    struct pool_reload_stats st;
+    char err[1024];
+    daemon_reload(arg, &st, err, sizeof(err)); /* it logs the outcome */
 }
 
 static void grace_tick(evutil_socket_t fd, short what, void *arg)
@@ -203,6 +316,13 @@ int main(int argc, char **argv)
         evdns_base_load_hosts(d.dns, NULL);
     }
     /*
+     * Test hook: extra host names (say, one name for both ::1 and 127.0.0.1)
+     * without touching the system's /etc/hosts.  Entries add to it.
+     */
+    const char *extra_hosts = getenv("MAILPOOL_HOSTS_FILE");
+    if (extra_hosts && *extra_hosts && evdns_base_load_hosts(d.dns, extra_hosts) != 0)
+        fatal("cannot read MAILPOOL_HOSTS_FILE %s", extra_hosts);
+    /*
      * Signals first: a SIGTERM that arrives while the spool is being
      * recovered or the sockets are being created is then handled (by the loop,
      * once it runs) instead of killing the daemon half-started.
@@ -211,7 +331,8 @@ int main(int argc, char **argv)
     d.sigint = evsignal_new(d.base, SIGINT, on_stop_signal, &d);
     d.sighup = evsignal_new(d.base, SIGHUP, on_sighup, &d);
     d.drain_timer = evtimer_new(d.base, drain_check, &d);
-    if (!d.sigterm || !d.sigint || !d.sighup || !d.drain_timer)
+    d.retire_timer = evtimer_new(d.base, retire_check, &d);
+    if (!d.sigterm || !d.sigint || !d.sighup || !d.drain_timer || !d.retire_timer)
         fatal("cannot set up signal handling");
     evsignal_add(d.sigterm, NULL);
     evsignal_add(d.sigint, NULL);
@@ -244,6 +365,8 @@ int main(int argc, char **argv)
     else if ((d.control = control_new(d.base, d.cfg, d.pool, d.queue, d.submit, d.control_fd, err,
                                       sizeof(err))) == NULL)
         fatal("%s", err);
+    if (d.control != NULL)
+        control_set_reload(d.control, daemon_reload, &d);
 
     log_info("mailpoold %s started config=%s submit_socket=%s relays=%zu", MAILPOOL_VERSION,
              d.cfg->path, d.cfg->submit_socket, d.cfg->nrelays);
@@ -266,15 +389,25 @@ int main(int argc, char **argv)
     event_del(d.sigterm);
     event_del(d.sigint);
     event_del(d.sighup);
+    event_del(d.retire_timer);
     evdns_base_free(d.dns, 0); /* its nameserver sockets would keep the loop alive */
     drain_quits(d.base);
     event_free(d.sigterm);
     event_free(d.sigint);
     event_free(d.sighup);
     event_free(d.drain_timer);
+    event_free(d.retire_timer);
     queue_free(d.queue);
+    secret_shutdown(); /* kills a password_command still running; before its events go */
     event_base_free(d.base);
     config_free(d.cfg);
+    /* Every session is gone now, so nothing reads the replaced configurations any more. */
+    while (d.retired != NULL) {
+        struct retired_config *r = d.retired;
+        d.retired = r->next;
+        config_free(r->cfg);
+        free(r);
+    }
     tls_shutdown();
     log_info("mailpoold stopped");
     return 0;

@@ -64,6 +64,20 @@ struct relay_pool {
     struct event *refill_timer; /* reopens sessions up to min_idle */
     unsigned refill_delay;      /* seconds; grows while the relay keeps failing */
     unsigned long opened, reused, failed, messages, retried;
+
+    /*
+     * Budgets (rate, limits; see "budgets" below).  The rate buckets hold one
+     * token each: *_next is when the next message may start (CLOCK_MONOTONIC
+     * seconds).  Logins are counted in login_owner, the first relay of the
+     * same account, as a ring of the last login_cap session openings.
+     */
+    double rate_next_sec, rate_next_min;
+    struct relay_pool *login_owner; /* NULL: no max_logins_per_minute */
+    double *login_times;
+    size_t login_cap, login_head, login_count;
+    int login_blocked;          /* the "login budget reached" line was logged */
+    struct event *budget_timer; /* dispatch again once a budget allows */
+    double budget_timer_at;
 };
 
 struct pool {
@@ -73,10 +87,26 @@ struct pool {
     const struct config *cfg;
     struct relay_pool *relays;
     size_t nrelays;
+
+    /*
+     * Reload (pool_reconfigure): the relays a reload replaced live on as a
+     * retired generation, a struct pool of their own with `retired` set,
+     * until their busy sessions finished; then the live pool frees it.
+     */
+    int retired;
+    struct pool *retired_next; /* live pool: its generations; generation: the next one */
+    struct pool *live;         /* generation: the live pool */
+    struct event *reap_timer;  /* live pool: frees drained generations */
 };
 
 static void session_cb(struct upstream *u, enum upstream_event ev, void *arg);
 static void relay_pool_dispatch(struct relay_pool *rp);
+static int budget_may_send(struct relay_pool *rp);
+static int budget_may_login(struct relay_pool *rp);
+static void budget_note_send(struct relay_pool *rp);
+static void budget_note_login(struct relay_pool *rp);
+static void generation_session_gone(struct pool *gen);
+static void generation_requeue(struct relay_pool *rp, struct pool_job *job);
 
 static double elapsed_ms(const struct timespec *start)
 {
@@ -149,8 +179,13 @@ static void job_wait_expired(evutil_socket_t fd, short what, void *arg)
 {
     struct pool_job *job = arg;
     char text[200];
-    snprintf(text, sizeof(text), "timed out waiting for a free connection to relay %s",
-             job->rp->rc->name);
+    if (!budget_may_send(job->rp))
+        snprintf(text, sizeof(text),
+                 "timed out waiting for the rate limit of relay %s (rate.messages_per_%s)",
+                 job->rp->rc->name, job->rp->rc->budget.messages_per_second ? "second" : "minute");
+    else
+        snprintf(text, sizeof(text), "timed out waiting for a free connection to relay %s",
+                 job->rp->rc->name);
     job_fail(job, 451, "4.4.5", text);
 }
 
@@ -231,6 +266,8 @@ static void session_remove(struct session *s)
     event_free(s->idle_timer);
     event_free(s->keepalive_timer);
     free(s);
+    if (rp->pool->retired)
+        generation_session_gone(rp->pool);
 }
 
 static void session_idle_expired(evutil_socket_t fd, short what, void *arg)
@@ -300,6 +337,7 @@ static int session_open(struct relay_pool *rp)
     rp->nsessions++;
     rp->nopening++;
     rp->opened++;
+    budget_note_login(rp);
     return 0;
 }
 
@@ -315,6 +353,7 @@ static void session_take(struct session *s, struct pool_job *job)
     session_set_idle(s, 0);
     evtimer_del(s->idle_timer); /* also when leaving a keepalive NOOP */
     s->job = job;
+    budget_note_send(rp);
     if (upstream_messages(s->u) > 0)
         rp->reused++;
     if (upstream_send(s->u, job->m) != 0) {
@@ -331,6 +370,13 @@ static void session_available(struct session *s)
     unsigned max_age = rp->rc->pool.max_age;
     int from_noop = s->in_noop;
     s->in_noop = 0;
+    if (rp->pool->retired) {
+        /* Its relay was changed or removed by a reload: the transaction is done, so QUIT. */
+        struct upstream *u = s->u;
+        session_remove(s);
+        upstream_quit(u);
+        return;
+    }
     if (max_age > 0 && time(NULL) - upstream_created(s->u) >= (time_t)max_age) {
         log_debug("pool relay=%s host=%s max_age reached", rp->rc->name, upstream_host(s->u));
         struct upstream *u = s->u;
@@ -340,7 +386,7 @@ static void session_available(struct session *s)
         return;
     }
     struct pool_job *job = TAILQ_FIRST(&rp->waiting);
-    if (job)
+    if (job && budget_may_send(rp))
         session_take(s, job);
     else
         session_set_idle_ex(s, 1, !from_noop);
@@ -389,8 +435,11 @@ static void session_txn_done(struct session *s)
             rp->retried++;
             log_info("msg id=%s relay=%s retrying on a new session: %s", job->m->id, rp->rc->name,
                      upstream_error(s->u));
-            message_clear_results(job->m);
-            job_enqueue(rp, job, 1);
+            /* upstream forgot the failed transaction's results; earlier ones stand */
+            if (rp->pool->retired)
+                generation_requeue(rp, job);
+            else
+                job_enqueue(rp, job, 1);
         } else {
             job_fail(job, upstream_error_code(s->u), upstream_error_ecode(s->u),
                      upstream_error(s->u));
@@ -445,7 +494,7 @@ static void relay_pool_refill(evutil_socket_t fd, short what, void *arg)
     struct relay_pool *rp = arg;
     unsigned max = rp->rc->pool.max_connections ? rp->rc->pool.max_connections : 1;
     unsigned want = rp->rc->pool.min_idle < max ? rp->rc->pool.min_idle : max;
-    while (rp->nsessions < want) {
+    while (rp->nsessions < want && budget_may_login(rp)) {
         if (session_open(rp) != 0) {
             log_error("pool relay=%s cannot open a session: out of memory", rp->rc->name);
             break;
@@ -461,10 +510,13 @@ static void relay_pool_refill(evutil_socket_t fd, short what, void *arg)
 static void relay_pool_dispatch(struct relay_pool *rp)
 {
     struct session *s;
-    while (!TAILQ_EMPTY(&rp->waiting) && (s = TAILQ_FIRST(&rp->idle)) != NULL)
+    while (!TAILQ_EMPTY(&rp->waiting) && (s = TAILQ_FIRST(&rp->idle)) != NULL &&
+           budget_may_send(rp))
         session_take(s, TAILQ_FIRST(&rp->waiting));
     unsigned max = rp->rc->pool.max_connections ? rp->rc->pool.max_connections : 1;
-    while (rp->nwaiting > rp->nopening && rp->nsessions < max) {
+    /* Messages held back by the rate need no new sessions, beyond a first one to warm up. */
+    int held = !TAILQ_EMPTY(&rp->waiting) && !budget_may_send(rp) && rp->nsessions > 0;
+    while (!held && rp->nwaiting > rp->nopening && rp->nsessions < max && budget_may_login(rp)) {
         if (session_open(rp) != 0) {
             log_error("pool relay=%s cannot open a session: out of memory", rp->rc->name);
             break;
@@ -478,7 +530,184 @@ static void relay_pool_dispatch(struct relay_pool *rp)
     }
 }
 
+/* ---- budgets: rate and limits (SPEC section 1) ------------------------- */
+
+static double mono_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void budget_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct relay_pool *rp = arg;
+    rp->budget_timer_at = 0;
+    relay_pool_dispatch(rp);
+}
+
+/* Dispatch again `delay` seconds from now, unless an earlier wake-up is set already. */
+static void budget_wake(struct relay_pool *rp, double delay)
+{
+    double now = mono_now();
+    if (rp->budget_timer == NULL || rp->pool->stopping)
+        return;
+    if (evtimer_pending(rp->budget_timer, NULL) && rp->budget_timer_at <= now + delay)
+        return;
+    if (delay < 0.001)
+        delay = 0.001;
+    struct timeval tv = {(time_t)delay, (suseconds_t)((delay - (double)(time_t)delay) * 1e6)};
+    rp->budget_timer_at = now + delay;
+    evtimer_add(rp->budget_timer, &tv);
+}
+
+/*
+ * Whether a message may start now under rate.messages_per_second and
+ * messages_per_minute.  When not, a wake-up is set for when it may; the
+ * message waits in the queue (bounded by pool.wait_timeout), never refused.
+ */
+static int budget_may_send(struct relay_pool *rp)
+{
+    double wait = 0, now = mono_now();
+    if (rp->rc->budget.messages_per_second && rp->rate_next_sec - now > wait)
+        wait = rp->rate_next_sec - now;
+    if (rp->rc->budget.messages_per_minute && rp->rate_next_min - now > wait)
+        wait = rp->rate_next_min - now;
+    if (wait <= 0)
+        return 1;
+    budget_wake(rp, wait);
+    return 0;
+}
+
+/*
+ * A message starts: take a token from each bucket.  Buckets hold one token
+ * (no bursts), so messages are spaced at least 1/rate apart and a quiet
+ * period does not let a burst through that a provider would count against
+ * the account.
+ */
+static void budget_note_send(struct relay_pool *rp)
+{
+    const struct budget_config *b = &rp->rc->budget;
+    double now = mono_now();
+    if (b->messages_per_second)
+        rp->rate_next_sec =
+            (rp->rate_next_sec > now ? rp->rate_next_sec : now) + 1.0 / b->messages_per_second;
+    if (b->messages_per_minute)
+        rp->rate_next_min =
+            (rp->rate_next_min > now ? rp->rate_next_min : now) + 60.0 / b->messages_per_minute;
+}
+
+/*
+ * Whether a new session may be opened under limits.max_logins_per_minute:
+ * fewer than that many openings for the account in the last 60 seconds.
+ * Otherwise messages stay queued for the sessions already open, and the
+ * relay is dispatched again when the oldest opening leaves the minute.
+ */
+static int budget_may_login(struct relay_pool *rp)
+{
+    struct relay_pool *o = rp->login_owner;
+    unsigned max = rp->rc->budget.max_logins_per_minute;
+    if (o == NULL || max == 0)
+        return 1;
+    double now = mono_now();
+    while (o->login_count > 0) {
+        size_t oldest = (o->login_head + o->login_cap - o->login_count) % o->login_cap;
+        if (now - o->login_times[oldest] < 60.0)
+            break;
+        o->login_count--;
+    }
+    if (o->login_count < max) {
+        rp->login_blocked = 0;
+        return 1;
+    }
+    /* The max-th most recent opening must leave the window first. */
+    size_t idx = (o->login_head + o->login_cap - max) % o->login_cap;
+    double wait = o->login_times[idx] + 60.0 - now;
+    if (!rp->login_blocked && !TAILQ_EMPTY(&rp->waiting)) {
+        rp->login_blocked = 1;
+        log_warn("pool relay=%s login budget reached (limits.max_logins_per_minute=%u): no new "
+                 "session for %.0fs; messages waiting for the open sessions: %zu",
+                 rp->rc->name, max, wait, rp->nwaiting);
+    }
+    budget_wake(rp, wait);
+    return 0;
+}
+
+static void budget_note_login(struct relay_pool *rp)
+{
+    struct relay_pool *o = rp->login_owner;
+    if (o == NULL)
+        return;
+    o->login_times[o->login_head] = mono_now();
+    o->login_head = (o->login_head + 1) % o->login_cap;
+    if (o->login_count < o->login_cap)
+        o->login_count++;
+}
+
+/* Providers throttle accounts: the same user at the same first host is one account. */
+static int same_account(const struct relay_config *a, const struct relay_config *b)
+{
+    if (a->has_auth != b->has_auth || a->nhosts == 0 || b->nhosts == 0)
+        return 0;
+    if (a->has_auth && strcmp(a->auth_user, b->auth_user) != 0)
+        return 0;
+    if (!a->has_auth && a != b)
+        return 0; /* without AUTH a login budget counts the relay's own sessions */
+    return strcmp(a->hosts[0].host, b->hosts[0].host) == 0;
+}
+
+/* Timers and login counters for every relay of a new pool.  -1 when out of memory. */
+static int budget_init(struct pool *p)
+{
+    for (size_t i = 0; i < p->nrelays; i++) {
+        struct relay_pool *rp = &p->relays[i];
+        rp->budget_timer = evtimer_new(p->base, budget_timer_cb, rp);
+        if (rp->budget_timer == NULL)
+            return -1;
+        unsigned max = rp->rc->budget.max_logins_per_minute;
+        if (max == 0)
+            continue;
+        for (size_t j = 0; j <= i && rp->login_owner == NULL; j++)
+            if (p->relays[j].rc->budget.max_logins_per_minute &&
+                same_account(p->relays[j].rc, rp->rc))
+                rp->login_owner = &p->relays[j];
+        if (rp->login_owner->login_cap < max)
+            rp->login_owner->login_cap = max;
+    }
+    for (size_t i = 0; i < p->nrelays; i++) {
+        struct relay_pool *rp = &p->relays[i];
+        if (rp->login_owner == rp &&
+            (rp->login_times = calloc(rp->login_cap, sizeof(*rp->login_times))) == NULL)
+            return -1;
+    }
+    return 0;
+}
+
+static void budget_free(struct relay_pool *rp)
+{
+    if (rp->budget_timer)
+        event_free(rp->budget_timer);
+    rp->budget_timer = NULL;
+    free(rp->login_times);
+    rp->login_times = NULL;
+}
+
 /* ---- the pool ------------------------------------------------------------ */
+
+/* The relay's optional TLS settings: suites, client certificate, key pins. */
+static int pool_tls_extras(struct tls_ctx *tls, const struct relay_config *rc, char *err,
+                           size_t errlen)
+{
+    if (rc->tls_ciphers && tls_ctx_set_ciphers(tls, rc->tls_ciphers, err, errlen) < 0)
+        return -1;
+    if (rc->tls_client_cert &&
+        tls_ctx_set_client_cert(tls, rc->tls_client_cert, rc->tls_client_key, err, errlen) < 0)
+        return -1;
+    for (size_t k = 0; k < rc->ntls_pins; k++)
+        if (tls_ctx_add_pin(tls, rc->tls_pins[k], err, errlen) < 0)
+            return -1;
+    return 0;
+}
 
 struct pool *pool_new(struct event_base *base, struct evdns_base *dns, const struct config *cfg,
                       char *err, size_t errlen)
@@ -528,14 +757,28 @@ struct pool *pool_new(struct event_base *base, struct evdns_base *dns, const str
                 pool_free(p);
                 return NULL;
             }
-            if (!o.verify)
+            if (pool_tls_extras(rp->tls, rc, terr, sizeof(terr)) < 0) {
+                snprintf(err, errlen, "relay %s: %s", rc->name, terr);
+                pool_free(p);
+                return NULL;
+            }
+            if (!o.verify && rc->ntls_pins)
+                log_warn("relay %s: trusted_site is set: the certificate chain is NOT verified, "
+                         "only the %zu pinned key(s) are accepted",
+                         rc->name, rc->ntls_pins);
+            else if (!o.verify)
                 log_warn("relay %s: trusted_site is set: the server certificate is NOT verified",
                          rc->name);
             if (o.allow_legacy)
-                log_warn("relay %s: secure_fallback is set: TLS 1.0/1.1 and weak ciphers are "
-                         "allowed",
+                log_warn("relay %s: secure_fallback is set: legacy TLS (down to TLS 1.1, the "
+                         "oldest this TLS library has) and weak ciphers are allowed",
                          rc->name);
         }
+    }
+    if (budget_init(p) != 0) {
+        snprintf(err, errlen, "out of memory");
+        pool_free(p);
+        return NULL;
     }
     /* Warm sessions up to min_idle as soon as the loop runs. */
     for (size_t i = 0; i < p->nrelays; i++)
@@ -547,6 +790,13 @@ void pool_free(struct pool *p)
 {
     if (p == NULL)
         return;
+    while (p->retired_next != NULL && !p->retired) {
+        struct pool *gen = p->retired_next;
+        p->retired_next = gen->retired_next;
+        pool_free(gen);
+    }
+    if (p->reap_timer)
+        event_free(p->reap_timer);
     p->stopping = 1;
     for (size_t i = 0; i < p->nrelays; i++) {
         struct relay_pool *rp = &p->relays[i];
@@ -585,6 +835,7 @@ void pool_free(struct pool *p)
         if (rp->refill_timer)
             event_free(rp->refill_timer);
         free(rp->host_down_until);
+        budget_free(rp);
     }
     free(p->relays);
     free(p);
@@ -618,8 +869,10 @@ struct pool_job *pool_submit(struct pool *p, const struct relay_config *rc, stru
         job_free(job);
         return NULL;
     }
+    /* upstream sends only the recipients without a result (a split sets them part by part) */
+    message_clear_results(m);
     struct session *s = TAILQ_FIRST(&rp->idle);
-    if (s) {
+    if (s && TAILQ_EMPTY(&rp->waiting) && budget_may_send(rp)) {
         session_take(s, job);
         return job;
     }
@@ -698,4 +951,221 @@ void pool_foreach_session(const struct pool *p, size_t i,
         };
         fn(&si, arg);
     }
+}
+
+/* ---- reload ----------------------------------------------------------------- */
+
+/*
+ * A generation is freed a little after its last session went, never from
+ * inside a session's callback, and after the results of its last jobs (whose
+ * log lines name the relay) were delivered from the loop.
+ */
+#define GENERATION_REAP_SECONDS 1
+
+static size_t generation_sessions(const struct pool *gen)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < gen->nrelays; i++)
+        n += gen->relays[i].nsessions;
+    return n;
+}
+
+static void generation_session_gone(struct pool *gen)
+{
+    if (generation_sessions(gen) == 0 && gen->live->reap_timer != NULL &&
+        !evtimer_pending(gen->live->reap_timer, NULL))
+        timer_add_seconds(gen->live->reap_timer, GENERATION_REAP_SECONDS);
+}
+
+static void pool_reap(evutil_socket_t fd, short what, void *arg)
+{
+    struct pool *p = arg;
+    struct pool **link = &p->retired_next;
+    while (*link != NULL) {
+        struct pool *gen = *link;
+        if (generation_sessions(gen) == 0) {
+            *link = gen->retired_next;
+            log_debug("pool: a generation retired by reload has drained");
+            pool_free(gen);
+        } else {
+            link = &gen->retired_next;
+        }
+    }
+}
+
+static struct relay_pool *pool_find_name(struct pool *p, const char *name)
+{
+    for (size_t i = 0; i < p->nrelays; i++)
+        if (strcmp(p->relays[i].rc->name, name) == 0)
+            return &p->relays[i];
+    return NULL;
+}
+
+/* The job leaves a retired relay for the live relay of the same name, or fails if there is none. */
+static void job_move(struct pool *live, struct relay_pool *from, struct pool_job *job, int front)
+{
+    struct relay_pool *to = pool_find_name(live, from->rc->name);
+    if (to == NULL) {
+        job_fail(job, 451, "4.3.0", "relay removed by reload");
+        return;
+    }
+    if (job->waiting) {
+        TAILQ_REMOVE(&from->waiting, job, entry);
+        from->nwaiting--;
+        job->waiting = 0;
+    }
+    job->rp = to;
+    job_enqueue(to, job, front);
+}
+
+static void generation_requeue(struct relay_pool *rp, struct pool_job *job)
+{
+    struct relay_pool *to = pool_find_name(rp->pool->live, rp->rc->name);
+    job_move(rp->pool->live, rp, job, 1);
+    if (to != NULL)
+        relay_pool_dispatch(to);
+}
+
+static const char *effective_helo(const struct relay_pool *rp)
+{
+    return rp->rc->helo_name ? rp->rc->helo_name : rp->pool->cfg->hostname;
+}
+
+/* Move an unchanged relay's sessions, waiting messages, TLS context and history to `to`. */
+static void relay_pool_adopt(struct relay_pool *to, struct relay_pool *from)
+{
+    struct session *s;
+    while ((s = TAILQ_FIRST(&from->sessions)) != NULL) {
+        TAILQ_REMOVE(&from->sessions, s, entry);
+        TAILQ_INSERT_TAIL(&to->sessions, s, entry);
+        s->rp = to;
+        upstream_set_relay(s->u, to->rc);
+        if (s->job != NULL)
+            s->job->rp = to;
+    }
+    /* The idle list keeps its most-recently-used order. */
+    while ((s = TAILQ_FIRST(&from->idle)) != NULL) {
+        TAILQ_REMOVE(&from->idle, s, idle_entry);
+        TAILQ_INSERT_TAIL(&to->idle, s, idle_entry);
+    }
+    struct pool_job *job;
+    while ((job = TAILQ_FIRST(&from->waiting)) != NULL) {
+        TAILQ_REMOVE(&from->waiting, job, entry);
+        TAILQ_INSERT_TAIL(&to->waiting, job, entry);
+        job->rp = to;
+    }
+    to->nsessions = from->nsessions;
+    to->nopening = from->nopening;
+    to->nwaiting = from->nwaiting;
+    to->nidle = from->nidle;
+    from->nsessions = from->nopening = from->nwaiting = from->nidle = 0;
+    /* Sessions point at the old context and back-off array: those move, the fresh ones retire. */
+    struct tls_ctx *tls = to->tls;
+    to->tls = from->tls;
+    from->tls = tls;
+    time_t *down = to->host_down_until;
+    to->host_down_until = from->host_down_until;
+    from->host_down_until = down;
+    to->next_host = from->next_host;
+    to->refill_delay = from->refill_delay;
+    to->opened = from->opened;
+    to->reused = from->reused;
+    to->failed = from->failed;
+    to->messages = from->messages;
+    to->retried = from->retried;
+    /* Budgets carry over: a reload must not hand out a fresh burst or login allowance. */
+    to->rate_next_sec = from->rate_next_sec;
+    to->rate_next_min = from->rate_next_min;
+    if (to->login_owner == to && from->login_owner == from && to->login_cap == from->login_cap) {
+        double *times = to->login_times;
+        to->login_times = from->login_times;
+        from->login_times = times;
+        to->login_head = from->login_head;
+        to->login_count = from->login_count;
+    }
+}
+
+/* A changed or removed relay: idle and opening sessions QUIT, waiting messages move on. */
+static void relay_pool_retire(struct pool *live, struct relay_pool *rp)
+{
+    struct pool_job *job;
+    while ((job = TAILQ_FIRST(&rp->waiting)) != NULL)
+        job_move(live, rp, job, 0);
+    struct session *s, *next;
+    for (s = TAILQ_FIRST(&rp->sessions); s != NULL; s = next) {
+        next = TAILQ_NEXT(s, entry);
+        if (s->job != NULL)
+            continue; /* busy: finishes its transaction, then session_available() QUITs it */
+        struct upstream *u = s->u;
+        session_remove(s);
+        upstream_quit(u);
+    }
+}
+
+int pool_reconfigure(struct pool *p, const struct config *new_cfg, struct pool_reload_stats *st,
+                     char *err, size_t errlen)
+{
+    memset(st, 0, sizeof(*st));
+    if (p->reap_timer == NULL && (p->reap_timer = evtimer_new(p->base, pool_reap, p)) == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    /* The new relays are built by pool_new(), so a TLS setting that cannot be loaded refuses. */
+    struct pool *gen = pool_new(p->base, p->dns, new_cfg, err, errlen);
+    if (gen == NULL)
+        return -1;
+    /* Swap: p keeps its identity (everyone holds it) and takes the new relays. */
+    struct relay_pool *relays = p->relays;
+    size_t nrelays = p->nrelays;
+    const struct config *old_cfg = p->cfg;
+    p->relays = gen->relays;
+    p->nrelays = gen->nrelays;
+    p->cfg = new_cfg;
+    gen->relays = relays;
+    gen->nrelays = nrelays;
+    gen->cfg = old_cfg;
+    gen->retired = 1;
+    gen->stopping = 1; /* no min_idle refills */
+    gen->live = p;
+    for (size_t i = 0; i < p->nrelays; i++)
+        p->relays[i].pool = p;
+    for (size_t i = 0; i < gen->nrelays; i++)
+        gen->relays[i].pool = gen;
+
+    for (size_t i = 0; i < gen->nrelays; i++) {
+        struct relay_pool *old = &gen->relays[i];
+        evtimer_del(old->refill_timer);
+        struct relay_pool *fresh = pool_find_name(p, old->rc->name);
+        if (fresh != NULL && relay_config_equal(old->rc, fresh->rc) &&
+            strcmp(effective_helo(old), effective_helo(fresh)) == 0) {
+            relay_pool_adopt(fresh, old);
+            st->kept++;
+            continue;
+        }
+        if (fresh != NULL)
+            st->changed++;
+        else
+            st->removed++;
+        log_info("pool relay=%s %s by reload: draining %zu busy sessions", old->rc->name,
+                 fresh ? "changed" : "removed", old->nsessions - old->nidle - old->nopening);
+        relay_pool_retire(p, old);
+    }
+    st->added = p->nrelays - st->kept - st->changed;
+    for (size_t i = 0; i < p->nrelays; i++)
+        relay_pool_dispatch(&p->relays[i]);
+
+    gen->retired_next = p->retired_next;
+    p->retired_next = gen;
+    if (generation_sessions(gen) == 0)
+        generation_session_gone(gen);
+    return 0;
+}
+
+size_t pool_config_users(const struct pool *p, const struct config *cfg)
+{
+    size_t n = p->cfg == cfg ? 1 : 0;
+    for (const struct pool *gen = p->retired_next; gen != NULL; gen = gen->retired_next)
+        if (gen->cfg == cfg)
+            n++;
+    return n;
 }

@@ -73,6 +73,35 @@ struct pool_session_info {
     long idle;         /* seconds idle, or -1 when not idle */
 };
 
+/* What a reload did to the relays. */
+struct pool_reload_stats {
+    size_t kept;    /* profile unchanged: warm sessions kept */
+    size_t changed; /* profile changed: old sessions drain, new ones use the new profile */
+    size_t added;
+    size_t removed; /* drained; messages waiting for it got 451 4.3.0 */
+};
+
+/*
+ * Switch to new_cfg (which must outlive the pool or the next reconfigure).
+ * Relays whose profile is equal (relay_config_equal()) keep their sessions,
+ * waiting messages and TLS context; changed and removed relays take no new
+ * messages, QUIT their idle sessions and QUIT busy ones after their current
+ * transaction; messages waiting for them move to the new relay of the same
+ * name, or get 451 4.3.0 when it was removed.  Returns 0 with st filled in,
+ * or -1 with a message in err (a relay's TLS settings cannot be loaded) and
+ * nothing changed.
+ */
+int pool_reconfigure(struct pool *p, const struct config *new_cfg, struct pool_reload_stats *st,
+                     char *err, size_t errlen);
+
+/*
+ * How many parts of the pool still read cfg: the live relays, and relays
+ * retired by a reload whose sessions have not all finished.  A retired
+ * config may be freed once this is 0 and the QUIT of its last sessions had
+ * time to complete (upstream QUIT waits at most 2 seconds).
+ */
+size_t pool_config_users(const struct pool *p, const struct config *cfg);
+
 size_t pool_relay_count(const struct pool *p);
 void pool_relay_info(const struct pool *p, size_t i, struct pool_relay_info *out);
 /* Call fn for every session of relay i (no session may be freed meanwhile). */

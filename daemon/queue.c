@@ -1054,3 +1054,8 @@ int queue_delete(struct queue *q, const char *id)
     item_remove(it);
     return QUEUE_OK;
 }
+
+void queue_set_config(struct queue *q, const struct config *cfg)
+{
+    q->cfg = cfg;
+}

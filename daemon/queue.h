@@ -20,6 +20,12 @@ struct queue;
 
 struct queue *queue_new(struct event_base *base, const struct config *cfg, struct pool *pool,
                         struct spool *spool);
+/*
+ * A reload: read settings from cfg from now on.  A message whose relay was
+ * removed goes to the default relay at its next attempt.  cfg must outlive
+ * the queue or the next call.
+ */
+void queue_set_config(struct queue *q, const struct config *cfg);
 /* Load what the spool holds (at start-up) and schedule it.  Returns the count, or -1. */
 long queue_recover(struct queue *q, char *err, size_t errlen);
 /* At shutdown: start no new attempt; those under way finish normally. */

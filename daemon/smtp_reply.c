@@ -212,9 +212,13 @@ static unsigned auth_mech_bit(const char *s, size_t n)
         const char *name;
         unsigned bit;
     } mechs[] = {
-        {"PLAIN", AUTH_MECH_PLAIN},       {"LOGIN", AUTH_MECH_LOGIN},
-        {"CRAM-MD5", AUTH_MECH_CRAM_MD5}, {"SCRAM-SHA-256", AUTH_MECH_SCRAM_SHA_256},
-        {"XOAUTH2", AUTH_MECH_XOAUTH2},   {"OAUTHBEARER", AUTH_MECH_OAUTHBEARER},
+        {"PLAIN", AUTH_MECH_PLAIN},
+        {"LOGIN", AUTH_MECH_LOGIN},
+        {"CRAM-MD5", AUTH_MECH_CRAM_MD5},
+        {"SCRAM-SHA-256", AUTH_MECH_SCRAM_SHA_256},
+        {"XOAUTH2", AUTH_MECH_XOAUTH2},
+        {"OAUTHBEARER", AUTH_MECH_OAUTHBEARER},
+        {"SCRAM-SHA-1", AUTH_MECH_SCRAM_SHA_1},
     };
 
     for (size_t i = 0; i < sizeof(mechs) / sizeof(mechs[0]); i++)

@@ -24,12 +24,14 @@
 
 #include "body.h"
 #include "config.h"
+#include "dispatch.h"
 #include "ioev.h"
 #include "lmtp_parse.h"
 #include "log.h"
 #include "message.h"
 #include "pool.h"
 #include "queue.h"
+#include "route.h"
 
 /* Errors after which a client is disconnected (a confused or hostile peer). */
 #define MAX_BAD_COMMANDS 20
@@ -61,9 +63,13 @@ struct client {
     uid_t uid;
     gid_t gid;
     pid_t pid;
+    gid_t *groups; /* supplementary groups (SO_PEERGROUPS), read once at connect */
+    size_t ngroups;
+    int allowed; /* in daemon.allow */
     struct message *msg;
-    struct pool_job *job; /* relay mode: the message is with the pool */
-    int queueing;         /* queue mode: waiting for the spool to make it durable */
+    size_t *rcpt_relay;             /* relay index of each recipient of msg, decided at RCPT */
+    struct dispatch *dispatch;      /* the message is with its relays, waiting for results */
+    const struct config *route_cfg; /* the config rcpt_relay was decided under */
     struct body_decoder dec;
     int too_big;
     int bad_commands;
@@ -112,18 +118,14 @@ static void client_touch(struct client *c)
 static void client_free(struct client *c)
 {
     struct submit_server *srv = c->srv;
-    if (c->job) {
-        /* Relay mode, client gone: the pool finishes and frees the message. */
-        pool_cancel(c->job);
-        c->job = NULL;
-        c->msg = NULL;
-    }
-    if (c->queueing) {
-        /* The spool goes on with its copy; the message will be delivered. */
-        queue_submit_cancel(srv->queue, c);
-        c->queueing = 0;
+    if (c->dispatch) {
+        /* Client gone: the pool and the spool finish what they have. */
+        dispatch_cancel(c->dispatch);
+        c->dispatch = NULL;
     }
     message_free(c->msg);
+    free(c->rcpt_relay);
+    free(c->groups);
     TAILQ_REMOVE(&srv->clients, c, entry);
     srv->nclients--;
     ioev_free(c->io); /* safe inside its callback: freed when that returns */
@@ -144,6 +146,8 @@ static void client_reset_txn(struct client *c)
 {
     message_free(c->msg);
     c->msg = NULL;
+    free(c->rcpt_relay);
+    c->rcpt_relay = NULL;
     c->too_big = 0;
 }
 
@@ -156,12 +160,36 @@ static void client_bad(struct client *c, const char *reply)
     }
 }
 
+static struct route_peer client_peer(const struct client *c)
+{
+    struct route_peer p = {
+        .uid = c->uid, .gid = c->gid, .groups = c->groups, .ngroups = c->ngroups};
+    return p;
+}
+
+/* The relay of recipient `rcpt` under cfg; -1 when the client may not use it. */
+static int client_route(const struct client *c, const struct config *cfg, const char *rcpt,
+                        size_t *relay)
+{
+    struct route_peer peer = client_peer(c);
+    const struct relay_config *x = c->msg->relay ? config_relay(cfg, c->msg->relay) : NULL;
+    enum route_source src;
+    int rc = route_recipient(cfg, &peer, c->msg->sender, rcpt, x, relay, &src);
+    static const char *const how[] = {"route", "xrelay", "default"};
+    char to[300];
+    log_debug("submit client=%lu to=<%s> relay=%s by=%s%s", c->id,
+              log_escape(rcpt, strlen(rcpt), to, sizeof(to)), cfg->relays[*relay].name, how[src],
+              rc < 0 ? " denied" : "");
+    return rc;
+}
+
 /* ---- results --------------------------------------------------------------- */
 
 static void client_results(struct message *m, void *arg)
 {
     struct client *c = arg;
-    c->job = NULL;
+    c->dispatch = NULL;
+    c->msg = m;
     for (size_t i = 0; i < m->nrcpts; i++) {
         const struct rcpt_result *r = &m->results[i];
         client_reply(c, "%d %s %s", r->code, r->ecode, r->text ? r->text : "");
@@ -170,27 +198,6 @@ static void client_results(struct message *m, void *arg)
     client_set_state(c, CS_READY);
     client_touch(c);
     /* Commands pipelined behind the data may be buffered already. */
-    client_read(c);
-}
-
-/* Queue mode: the message is durable (err 0) or could not be stored. */
-static void client_queued(int err, void *arg)
-{
-    struct client *c = arg;
-    struct message *m = c->msg;
-    c->queueing = 0;
-    for (size_t i = 0; i < m->nrcpts; i++) {
-        if (err == 0)
-            client_reply(c, "250 2.0.0 Ok: queued as %s", m->id);
-        else if (err == ENOSPC)
-            client_reply(c, "452 4.3.1 Insufficient system storage, try again later");
-        else
-            client_reply(c, "451 4.3.0 Cannot store the message (%s), try again later",
-                         strerror(err));
-    }
-    client_reset_txn(c);
-    client_set_state(c, CS_READY);
-    client_touch(c);
     client_read(c);
 }
 
@@ -209,8 +216,17 @@ static void client_data_done(struct client *c)
     m->size = evbuffer_get_length(m->body);
     if (body_decoder_8bit(&c->dec))
         m->eightbit = 1;
-    const struct relay_config *rc =
-        m->relay ? config_relay(srv->cfg, m->relay) : &srv->cfg->relays[srv->cfg->default_relay];
+    const struct config *cfg = srv->cfg;
+    if (c->route_cfg != cfg) {
+        /*
+         * A reload happened since RCPT: the indexes belong to the old config.
+         * Route again under the new one; the allow lists were checked at RCPT.
+         */
+        for (size_t i = 0; i < m->nrcpts; i++)
+            (void)client_route(c, cfg, m->rcpts[i], &c->rcpt_relay[i]);
+        c->route_cfg = cfg;
+    }
+    const struct relay_config *rc = &cfg->relays[c->rcpt_relay[0]];
     char from[300];
     log_escape(m->sender, strlen(m->sender), from, sizeof(from));
     log_info("submit client=%lu msg id=%s uid=%u pid=%d from=<%s> nrcpt=%zu size=%zu relay=%s",
@@ -218,25 +234,16 @@ static void client_data_done(struct client *c)
     client_set_state(c, CS_WAIT);
     /* Input keeps arriving (up to ioev's bound) but waits unprocessed. */
     ioev_set_timeout(c->io, 0);
-    int mode = m->mode >= 0 ? m->mode : (int)rc->mode;
-    if (mode == MODE_QUEUE) {
-        c->queueing = 1;
-        if (queue_submit(srv->queue, m, rc, client_queued, c) != 0) {
-            c->queueing = 0;
-            for (size_t i = 0; i < m->nrcpts; i++)
-                client_reply(c, "451 4.3.0 Cannot queue the message, try again later");
-            client_reset_txn(c);
-            client_set_state(c, CS_READY);
-        }
-        return;
-    }
-    c->job = pool_submit(srv->pool, rc, m, client_results, c);
-    if (c->job == NULL) {
+    c->dispatch =
+        dispatch_start(srv->base, cfg, srv->pool, srv->queue, m, c->rcpt_relay, client_results, c);
+    if (c->dispatch == NULL) {
         for (size_t i = 0; i < m->nrcpts; i++)
             client_reply(c, "451 4.3.0 Out of memory, try again later");
         client_reset_txn(c);
         client_set_state(c, CS_READY);
+        return;
     }
+    c->msg = NULL; /* the dispatch has it until client_results() */
 }
 
 /* Decode DATA from the input buffer.  Returns 1 when the end was reached. */
@@ -308,9 +315,21 @@ static void cmd_mail(struct client *c, const struct lmtp_cmd *cmd)
                      cfg->max_message_size);
         return;
     }
+    if (!c->allowed) {
+        client_reply(c, "550 5.7.1 User %u may not submit mail here", (unsigned)c->uid);
+        return;
+    }
     if (cmd->relay[0] && config_relay(cfg, cmd->relay) == NULL) {
         client_reply(c, "550 5.7.1 Unknown relay \"%s\"", cmd->relay);
         return;
+    }
+    if (cmd->relay[0]) {
+        struct route_peer peer = client_peer(c);
+        if (!route_peer_allowed(&config_relay(cfg, cmd->relay)->allow, &peer)) {
+            client_reply(c, "550 5.7.1 User %u may not use relay \"%s\"", (unsigned)c->uid,
+                         cmd->relay);
+            return;
+        }
     }
     struct message *m = message_new();
     if (m == NULL || (m->sender = strdup(cmd->path)) == NULL ||
@@ -332,6 +351,7 @@ static void cmd_mail(struct client *c, const struct lmtp_cmd *cmd)
     m->gid = c->gid;
     m->pid = c->pid;
     c->msg = m;
+    c->route_cfg = cfg;
     client_set_state(c, CS_MAIL);
     client_reply(c, "250 2.1.0 Sender ok");
 }
@@ -351,11 +371,24 @@ static void cmd_rcpt(struct client *c, const struct lmtp_cmd *cmd)
         client_reply(c, "452 4.5.3 Too many recipients");
         return;
     }
+    size_t relay;
+    if (client_route(c, c->route_cfg, cmd->path, &relay) < 0) {
+        client_reply(c, "550 5.7.1 User %u may not use relay \"%s\" for this recipient",
+                     (unsigned)c->uid, c->route_cfg->relays[relay].name);
+        return;
+    }
+    size_t *r = realloc(c->rcpt_relay, (c->msg->nrcpts + 1) * sizeof(*r));
+    if (r == NULL) {
+        client_reply(c, "451 4.3.0 Out of memory");
+        return;
+    }
+    c->rcpt_relay = r;
     if (message_add_rcpt_dsn(c->msg, cmd->path, cmd->notify, cmd->orcpt[0] ? cmd->orcpt : NULL) !=
         0) {
         client_reply(c, "451 4.3.0 Out of memory");
         return;
     }
+    c->rcpt_relay[c->msg->nrcpts - 1] = relay;
     client_reply(c, "250 2.1.5 Recipient ok");
 }
 
@@ -523,6 +556,37 @@ static void client_io_cb(struct ioev *io, enum ioev_event ev, void *arg)
     }
 }
 
+/*
+ * The peer's supplementary groups, from the kernel (SO_PEERGROUPS, Linux
+ * 4.13): group allow lists and routes then need no NSS lookup, which could
+ * block the loop.  Where the kernel cannot tell, only the primary gid
+ * counts.  Returns 0, or -1 when out of memory.
+ */
+static int client_read_groups(struct client *c, int fd)
+{
+#ifdef SO_PEERGROUPS
+    socklen_t len = 16 * sizeof(gid_t);
+    for (int tries = 0; tries < 4; tries++) {
+        gid_t *g = realloc(c->groups, len ? len : sizeof(gid_t));
+        if (g == NULL)
+            return -1;
+        c->groups = g;
+        socklen_t got = len;
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, g, &got) == 0) {
+            c->ngroups = got / sizeof(gid_t);
+            return 0;
+        }
+        if (errno != ERANGE || got <= len)
+            break;
+        len = got; /* the kernel said how much it needs */
+    }
+#else
+    (void)fd;
+#endif
+    c->ngroups = 0;
+    return 0;
+}
+
 static void submit_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
                              int salen, void *arg)
 {
@@ -553,10 +617,21 @@ static void submit_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struc
         c->uid = (uid_t)-1;
         c->gid = (gid_t)-1;
     }
+    if (client_read_groups(c, fd) < 0) {
+        close(fd);
+        free(c);
+        return;
+    }
+    struct route_peer peer = client_peer(c);
+    c->allowed = route_peer_allowed(&cfg->allow, &peer);
+    if (!c->allowed)
+        log_warn("submit client=%lu uid=%u gid=%u pid=%d is not in daemon.allow: MAIL is refused",
+                 c->id, (unsigned)c->uid, (unsigned)c->gid, (int)c->pid);
     evutil_make_socket_nonblocking(fd);
     c->io = ioev_new(srv->base, fd, client_io_cb, c);
     if (c->io == NULL) {
         close(fd);
+        free(c->groups);
         free(c);
         return;
     }
@@ -623,4 +698,9 @@ size_t submit_busy(const struct submit_server *srv)
     if (c->state == CS_MAIL || c->state == CS_DATA || c->state == CS_WAIT)
         n++;
     return n;
+}
+
+void submit_set_config(struct submit_server *srv, const struct config *cfg)
+{
+    srv->cfg = cfg;
 }

@@ -23,6 +23,12 @@ struct submit_server *submit_new(struct event_base *base, const struct config *c
                                  struct pool *pool, struct queue *queue, int fd, char *err,
                                  size_t errlen);
 
+/*
+ * A reload: read settings from cfg from now on (clients already connected
+ * included).  cfg must outlive the server or the next call.
+ */
+void submit_set_config(struct submit_server *srv, const struct config *cfg);
+
 /* Stop accepting new clients (clients already connected carry on). */
 void submit_stop_accepting(struct submit_server *srv);
 /* Close every client and free the server. */

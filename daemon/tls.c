@@ -12,9 +12,15 @@
 #include <wolfssl/wolfcrypt/error-crypt.h>
 #include <wolfssl/wolfcrypt/coding.h>
 #include <wolfssl/wolfcrypt/sha256.h>
+#include <wolfssl/wolfcrypt/hmac.h>
+#include <wolfssl/wolfcrypt/md5.h>
+#include <wolfssl/wolfcrypt/pwdbased.h>
+#include <wolfssl/wolfcrypt/sha.h>
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <limits.h>
+#include <stdint.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -957,4 +963,79 @@ const char *tls_conn_cipher(const struct tls_conn *c)
 int tls_conn_resumed(const struct tls_conn *c)
 {
     return c->done && wolfSSL_session_reused(c->ssl);
+}
+
+/* ---- hashes for SASL ----------------------------------------------------- */
+
+static int wc_type(enum tls_digest alg)
+{
+    switch (alg) {
+    case TLS_DIGEST_MD5:
+        return WC_MD5;
+    case TLS_DIGEST_SHA1:
+        return WC_SHA;
+    case TLS_DIGEST_SHA256:
+        return WC_SHA256;
+    }
+    return WC_SHA256;
+}
+
+size_t tls_digest_len(enum tls_digest alg)
+{
+    switch (alg) {
+    case TLS_DIGEST_MD5:
+        return WC_MD5_DIGEST_SIZE;
+    case TLS_DIGEST_SHA1:
+        return WC_SHA_DIGEST_SIZE;
+    case TLS_DIGEST_SHA256:
+        return WC_SHA256_DIGEST_SIZE;
+    }
+    return 0;
+}
+
+int tls_hash(enum tls_digest alg, const void *msg, size_t len, unsigned char *out)
+{
+    if (len > UINT32_MAX)
+        return -1;
+    int rc;
+    switch (alg) {
+    case TLS_DIGEST_MD5:
+        rc = wc_Md5Hash(msg, (word32)len, out);
+        break;
+    case TLS_DIGEST_SHA1:
+        rc = wc_ShaHash(msg, (word32)len, out);
+        break;
+    default:
+        rc = wc_Sha256Hash(msg, (word32)len, out);
+        break;
+    }
+    return rc == 0 ? 0 : -1;
+}
+
+int tls_hmac(enum tls_digest alg, const void *key, size_t keylen, const void *msg, size_t len,
+             unsigned char *out)
+{
+    Hmac h;
+    if (keylen > UINT32_MAX || len > UINT32_MAX || wc_HmacInit(&h, NULL, INVALID_DEVID) != 0)
+        return -1;
+    int rc = wc_HmacSetKey(&h, wc_type(alg), key, (word32)keylen);
+    if (rc == 0)
+        rc = wc_HmacUpdate(&h, msg, (word32)len);
+    if (rc == 0)
+        rc = wc_HmacFinal(&h, out);
+    wc_HmacFree(&h);
+    /* The keyed pads are derived from the password: do not leave them on the stack. */
+    explicit_bzero(&h, sizeof(h));
+    return rc == 0 ? 0 : -1;
+}
+
+int tls_pbkdf2_hmac(enum tls_digest alg, const void *pass, size_t passlen, const void *salt,
+                    size_t saltlen, unsigned iterations, unsigned char *out, size_t outlen)
+{
+    if (alg == TLS_DIGEST_MD5 || iterations == 0 || iterations > INT_MAX || passlen > INT_MAX ||
+        saltlen > INT_MAX || outlen > INT_MAX)
+        return -1;
+    int rc = wc_PBKDF2(out, pass, (int)passlen, salt, (int)saltlen, (int)iterations, (int)outlen,
+                       wc_type(alg));
+    return rc == 0 ? 0 : -1;
 }

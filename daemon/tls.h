@@ -80,4 +80,27 @@ const char *tls_conn_version(const struct tls_conn *c); /* "TLSv1.3" */
 const char *tls_conn_cipher(const struct tls_conn *c);
 int tls_conn_resumed(const struct tls_conn *c);
 
+/*
+ * Hashes for SASL (CRAM-MD5, SCRAM), from wolfSSL's crypto so the daemon
+ * carries no hash code of its own.  Digests are written to `out`, which
+ * must hold tls_digest_len(alg) bytes (TLS_DIGEST_MAX is enough for all).
+ */
+enum tls_digest { TLS_DIGEST_MD5, TLS_DIGEST_SHA1, TLS_DIGEST_SHA256 };
+#define TLS_DIGEST_MAX 32
+
+/* 16, 20 or 32. */
+size_t tls_digest_len(enum tls_digest alg);
+/* Returns 0, or -1 when wolfSSL fails (it does not for valid arguments). */
+int tls_hash(enum tls_digest alg, const void *msg, size_t len, unsigned char *out);
+/* HMAC (RFC 2104).  Returns 0, or -1 on a wolfSSL error. */
+int tls_hmac(enum tls_digest alg, const void *key, size_t keylen, const void *msg, size_t len,
+             unsigned char *out);
+/*
+ * PBKDF2 with HMAC-alg (RFC 8018), the SCRAM Hi() function: outlen bytes
+ * into out.  SHA-1 and SHA-256 only.  Returns 0, or -1 on a bad argument
+ * (MD5, iterations 0, sizes over INT_MAX) or a wolfSSL error.
+ */
+int tls_pbkdf2_hmac(enum tls_digest alg, const void *pass, size_t passlen, const void *salt,
+                    size_t saltlen, unsigned iterations, unsigned char *out, size_t outlen);
+
 #endif

@@ -27,22 +27,23 @@
 #include "log.h"
 #include "message.h"
 #include "sasl.h"
+#include "secret.h"
+#include "proxy.h"
 #include "smtp_reply.h"
 #include "spool.h"
 
 enum upstream_state {
     US_RESOLVING,
     US_CONNECTING,
+    US_PROXY,        /* SOCKS5 / HTTP CONNECT handshake with the tunnel's proxy */
     US_TLS_IMPLICIT, /* handshake right after connect */
     US_GREETING,
     US_EHLO,
     US_HELO,
     US_STARTTLS,
     US_TLS_STARTTLS, /* handshake after "220 ready to start TLS" */
-    US_AUTH_PLAIN,
-    US_AUTH_LOGIN,      /* sent AUTH LOGIN, expecting 334 for the user name */
-    US_AUTH_LOGIN_USER, /* sent the user name, expecting 334 for the password */
-    US_AUTH_LOGIN_PASS, /* sent the password, expecting 235 */
+    US_AUTH_SECRET,  /* waiting for password_command (secret.c) */
+    US_AUTH,         /* AUTH sent; 334 challenges answered until 235 or a refusal */
     US_IDLE,
     US_NOOP, /* keepalive while idle */
     US_RSET,
@@ -56,16 +57,15 @@ enum upstream_state {
 static const char *const state_names[US_LAST] = {
     [US_RESOLVING] = "resolving",
     [US_CONNECTING] = "connecting",
+    [US_PROXY] = "proxy",
     [US_TLS_IMPLICIT] = "tls-handshake",
     [US_GREETING] = "greeting",
     [US_EHLO] = "ehlo",
     [US_HELO] = "helo",
     [US_STARTTLS] = "starttls",
     [US_TLS_STARTTLS] = "starttls-handshake",
-    [US_AUTH_PLAIN] = "auth-plain",
-    [US_AUTH_LOGIN] = "auth-login",
-    [US_AUTH_LOGIN_USER] = "auth-login-user",
-    [US_AUTH_LOGIN_PASS] = "auth-login-pass",
+    [US_AUTH_SECRET] = "auth-secret",
+    [US_AUTH] = "auth",
     [US_IDLE] = "idle",
     [US_NOOP] = "noop",
     [US_RSET] = "rset",
@@ -99,6 +99,7 @@ struct upstream {
     struct ioev *io;
     struct event *kick; /* deferred start, so no callback runs inside upstream_new() */
     struct evdns_getaddrinfo_request *dns_req;
+    struct proxy_hs *proxy; /* the tunnel's handshake; NULL without a proxy */
     struct reply_parser parser;
     struct smtp_caps caps;
 
@@ -119,6 +120,16 @@ struct upstream {
     int bdat;     /* this transaction uses BDAT ... LAST (RFC 3030) instead of DATA */
     int dirty;    /* the last transaction did not end cleanly: RSET first */
     enum txn_outcome outcome;
+    /*
+     * One message may take several transactions (rate.max_recipients, or a
+     * 452 4.5.3 "too many recipients"): the recipients of the current one, as
+     * indexes into msg->rcpts, and which of them the server accepted.  The
+     * RCPT numbering above counts within txn_rcpt.
+     */
+    size_t *txn_rcpt;
+    unsigned char *txn_ok;
+    size_t txn_n, txn_cap;
+    size_t rcpt_limit; /* recipients the server took before a 452 4.5.3; 0 = not seen */
     struct body_encoder enc;
     size_t body_off;
 
@@ -127,12 +138,20 @@ struct upstream {
     int in_cb;
     int freed;
 
+    /* AUTH (RFC 4954): the exchange, the secret it uses, and whether it was retried. */
+    struct sasl *sasl;
+    struct secret_req *secret_req;
+    char *secret;
+    unsigned auth_mech;
+    int auth_retried; /* the token was refreshed and AUTH sent again once */
+
     int err_code;
     char err_ecode[16];
     char error[512];
 };
 
 static void upstream_enter(struct upstream *u);
+static void txn_forget(struct upstream *u);
 static void upstream_io(struct ioev *io, enum ioev_event ev, void *arg);
 static void upstream_next_address(struct upstream *u);
 static void upstream_start_host(struct upstream *u);
@@ -144,6 +163,16 @@ static void upstream_set_state(struct upstream *u, enum upstream_state s)
     u->state = s;
 }
 
+static void upstream_auth_clear(struct upstream *u)
+{
+    sasl_end(u->sasl);
+    u->sasl = NULL;
+    secret_cancel(u->secret_req);
+    u->secret_req = NULL;
+    secret_free(u->secret);
+    u->secret = NULL;
+}
+
 static void upstream_really_free(struct upstream *u)
 {
     if (u->dns_req)
@@ -153,8 +182,14 @@ static void upstream_really_free(struct upstream *u)
     if (u->kick)
         event_free(u->kick);
     reply_parser_reset(&u->parser);
+    upstream_auth_clear(u);
+    free(u->txn_rcpt);
+    free(u->txn_ok);
     free(u->addrs);
     free(u->helo_name);
+    if (u->proxy)
+        explicit_bzero(u->proxy, sizeof(*u->proxy));
+    free(u->proxy);
     free(u);
 }
 
@@ -220,6 +255,8 @@ static void upstream_fail(struct upstream *u)
     }
     if (in_txn) {
         u->outcome = u->dot_sent ? TXN_UNKNOWN : TXN_RETRY;
+        if (u->outcome == TXN_RETRY)
+            txn_forget(u);
         u->done_msg = u->msg;
         u->msg = NULL;
         upstream_notify(u, UPSTREAM_TXN_DONE);
@@ -321,6 +358,22 @@ static void order_addresses(struct upstream *u)
     u->addrs = sorted;
 }
 
+/*
+ * Where the TCP connection goes: the relay host, or with "proxy" the proxy,
+ * which is resolved and tried address by address the same way.
+ */
+static const char *connect_host(const struct upstream *u)
+{
+    const struct relay_config *rc = u->relay;
+    return rc->proxy_kind != PROXY_NONE ? rc->proxy_host : rc->hosts[u->host_idx].host;
+}
+
+static uint16_t connect_port(const struct upstream *u)
+{
+    const struct relay_config *rc = u->relay;
+    return rc->proxy_kind != PROXY_NONE ? rc->proxy_port : rc->hosts[u->host_idx].port;
+}
+
 static void upstream_resolved(int result, struct evutil_addrinfo *res, void *arg)
 {
     struct upstream *u = arg;
@@ -330,9 +383,11 @@ static void upstream_resolved(int result, struct evutil_addrinfo *res, void *arg
             evutil_freeaddrinfo(res);
         return;
     }
-    const struct relay_host *h = &u->relay->hosts[u->host_idx];
+    const char *chost = connect_host(u);
+    uint16_t cport = connect_port(u);
     if (result != 0) {
-        upstream_set_error(u, 451, "4.4.3", "cannot resolve %s: %s", h->host,
+        upstream_set_error(u, 451, "4.4.3", "cannot resolve %s%s: %s",
+                           u->relay->proxy_kind != PROXY_NONE ? "proxy " : "", chost,
                            evutil_gai_strerror(result));
         upstream_setup_failed(u);
         return;
@@ -350,13 +405,13 @@ static void upstream_resolved(int result, struct evutil_addrinfo *res, void *arg
         memcpy(&a->ss, ai->ai_addr, ai->ai_addrlen);
         a->len = (socklen_t)ai->ai_addrlen;
         if (ai->ai_family == AF_INET)
-            ((struct sockaddr_in *)&a->ss)->sin_port = htons(h->port);
+            ((struct sockaddr_in *)&a->ss)->sin_port = htons(cport);
         else
-            ((struct sockaddr_in6 *)&a->ss)->sin6_port = htons(h->port);
+            ((struct sockaddr_in6 *)&a->ss)->sin6_port = htons(cport);
     }
     evutil_freeaddrinfo(res);
     if (u->naddrs == 0) {
-        upstream_set_error(u, 451, "4.4.3", "%s has no usable address", h->host);
+        upstream_set_error(u, 451, "4.4.3", "%s has no usable address", chost);
         upstream_setup_failed(u);
         return;
     }
@@ -375,9 +430,14 @@ static void upstream_start_host(struct upstream *u)
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
     hints.ai_protocol = IPPROTO_TCP;
-    hints.ai_flags = EVUTIL_AI_ADDRCONFIG;
+    /*
+     * No AI_ADDRCONFIG: libevent decides "no IPv6" from a probe that fails on
+     * hosts with only ULA or loopback IPv6, which would lose IPv6-only relays.
+     * An IPv6 address on a host without IPv6 fails at connect at once and the
+     * next address is tried, so prefer_ipv6 stays harmless there.
+     */
     /* May call upstream_resolved() at once for address literals. */
-    u->dns_req = evdns_getaddrinfo(u->dns, h->host, NULL, &hints, upstream_resolved, u);
+    u->dns_req = evdns_getaddrinfo(u->dns, connect_host(u), NULL, &hints, upstream_resolved, u);
 }
 
 static void upstream_kick(evutil_socket_t fd, short what, void *arg)
@@ -440,8 +500,9 @@ static void txn_send_command(struct upstream *u, size_t k)
         if (dsn && m->envid)
             snprintf(params + o, sizeof(params) - o, " ENVID=%s", m->envid);
         upstream_send_line(u, "MAIL FROM:<%s>%s", m->sender, params);
-    } else if (k <= m->nrcpts) {
-        const struct rcpt_dsn *d = m->dsn ? &m->dsn[k - 1] : NULL;
+    } else if (k <= u->txn_n) {
+        size_t i = u->txn_rcpt[k - 1];
+        const struct rcpt_dsn *d = m->dsn ? &m->dsn[i] : NULL;
         char params[640] = "";
         if (dsn && d && (d->notify || d->orcpt)) {
             size_t o = 0;
@@ -465,7 +526,7 @@ static void txn_send_command(struct upstream *u, size_t k)
             if (d->orcpt)
                 snprintf(params + o, sizeof(params) - o, " ORCPT=%s", d->orcpt);
         }
-        upstream_send_line(u, "RCPT TO:<%s>%s", m->rcpts[k - 1], params);
+        upstream_send_line(u, "RCPT TO:<%s>%s", m->rcpts[i], params);
     } else if (u->bdat) {
         /* RFC 3030: one chunk with the whole (canonical, unstuffed) message. */
         upstream_send_line(u, "BDAT %zu LAST", m->size);
@@ -482,7 +543,7 @@ static void txn_send_command(struct upstream *u, size_t k)
  */
 static void txn_send_more(struct upstream *u)
 {
-    size_t last = u->msg->nrcpts + 1;
+    size_t last = u->txn_n + 1;
     int pipelining = (u->caps.flags & CAP_PIPELINING) != 0;
     while (u->cmd_next <= last && (pipelining || u->cmd_next == u->reply_next)) {
         txn_send_command(u, u->cmd_next);
@@ -543,11 +604,112 @@ static void txn_send_body(struct upstream *u)
     }
 }
 
+/* Results for the recipients of this transaction: the accepted ones only, or all still open. */
+static void txn_set_results(struct upstream *u, int accepted_only, int code, const char *ecode,
+                            const char *text)
+{
+    struct message *m = u->msg;
+    for (size_t j = 0; j < u->txn_n; j++) {
+        size_t i = u->txn_rcpt[j];
+        if (accepted_only ? u->txn_ok[j] : m->results[i].code == 0)
+            message_set_result(m, i, code, ecode, text);
+    }
+}
+
+/* The session died before the end of data: nothing of this transaction happened. */
+static void txn_forget(struct upstream *u)
+{
+    struct message *m = u->msg;
+    for (size_t j = 0; j < u->txn_n; j++) {
+        struct rcpt_result *r = &m->results[u->txn_rcpt[j]];
+        free(r->text);
+        memset(r, 0, sizeof(*r));
+    }
+}
+
+/*
+ * Pick the recipients of the next transaction: those without a result yet,
+ * at most rate.max_recipients of them (or as many as the server took before
+ * it said 452 4.5.3).  Returns how many, or -1 when out of memory.
+ */
+static long txn_plan(struct upstream *u)
+{
+    struct message *m = u->msg;
+    if (u->txn_cap < m->nrcpts) {
+        size_t *idx = realloc(u->txn_rcpt, m->nrcpts * sizeof(*idx));
+        if (idx == NULL)
+            return -1;
+        u->txn_rcpt = idx;
+        unsigned char *ok = realloc(u->txn_ok, m->nrcpts);
+        if (ok == NULL)
+            return -1;
+        u->txn_ok = ok;
+        u->txn_cap = m->nrcpts;
+    }
+    size_t limit = u->relay->budget.max_recipients;
+    if (u->rcpt_limit > 0 && (limit == 0 || u->rcpt_limit < limit))
+        limit = u->rcpt_limit;
+    u->txn_n = 0;
+    for (size_t i = 0; i < m->nrcpts && (limit == 0 || u->txn_n < limit); i++)
+        if (m->results[i].code == 0)
+            u->txn_rcpt[u->txn_n++] = i;
+    if (u->txn_cap > 0)
+        memset(u->txn_ok, 0, u->txn_cap);
+    u->cmd_next = u->reply_next = 0;
+    u->accepted = 0;
+    u->mail_failed = 0;
+    u->dot_sent = 0;
+    /* BDAT only where the whole envelope and chunk can go out in one burst. */
+    u->bdat = (u->caps.flags & CAP_CHUNKING) && (u->caps.flags & CAP_PIPELINING);
+    body_encoder_init(&u->enc);
+    return (long)u->txn_n;
+}
+
+/* Start the transaction planned by txn_plan(), after an RSET when the last one was unclean. */
+static void txn_start(struct upstream *u)
+{
+    if (u->dirty) {
+        upstream_set_state(u, US_RSET);
+        upstream_send_line(u, "RSET");
+        ioev_flush(u->io);
+        upstream_timeout(u, u->relay->timeouts.command);
+        return;
+    }
+    upstream_set_state(u, US_TXN);
+    txn_send_more(u);
+}
+
+/*
+ * After one transaction of a message: recipients that were left out (over
+ * max_recipients, or deferred by a 452 4.5.3) go in the next transaction on
+ * this session.  Returns 1 when one was started.
+ */
+static int txn_next(struct upstream *u)
+{
+    if (u->mail_failed || u->io == NULL)
+        return 0;
+    size_t left = 0;
+    for (size_t i = 0; i < u->msg->nrcpts; i++)
+        left += u->msg->results[i].code == 0;
+    if (left == 0)
+        return 0;
+    long n = txn_plan(u);
+    if (n <= 0)
+        return 0; /* cannot happen: the arrays already hold nrcpts */
+    log_info("upstream relay=%s host=%s msg id=%s next transaction with %ld of the %zu "
+             "recipients left",
+             u->relay->name, u->hostport, u->msg->id, n, left);
+    txn_start(u);
+    return 1;
+}
+
 static void txn_finish(struct upstream *u, int clean)
 {
     u->dirty = !clean;
-    u->outcome = TXN_COMPLETE;
     u->messages++;
+    if (txn_next(u))
+        return;
+    u->outcome = TXN_COMPLETE;
     u->done_msg = u->msg;
     u->msg = NULL;
     upstream_set_state(u, US_IDLE);
@@ -576,16 +738,31 @@ static void txn_reply(struct upstream *u, const struct smtp_reply *r)
 
     if (k == 0) { /* MAIL */
         if (r->code / 100 != 2) {
+            /* The sender is refused: every recipient of the message gets this. */
             u->mail_failed = 1;
             message_set_pending_results(m, r->code, r->ecode, text);
         }
-    } else if (k <= m->nrcpts) { /* RCPT */
-        if (u->mail_failed)
+    } else if (k <= u->txn_n) { /* RCPT */
+        if (u->mail_failed) {
             ; /* results already set from the MAIL reply */
-        else if (r->code / 100 == 2)
+        } else if (r->code / 100 == 2) {
             u->accepted++;
-        else
-            message_set_result(m, k - 1, r->code, r->ecode, text);
+            u->txn_ok[k - 1] = 1;
+        } else if (r->code == 452 && u->accepted > 0 &&
+                   (r->ecode[0] == '\0' || strcmp(r->ecode, "4.5.3") == 0)) {
+            /*
+             * RFC 5321 4.5.3.1.10: the server's recipient limit.  Deliver to
+             * those accepted and send the rest in the next transaction; the
+             * recipient stays without a result until then.  Without
+             * pipelining, stop sending RCPTs now (they would get 452 too).
+             */
+            if (u->rcpt_limit == 0 || u->accepted < u->rcpt_limit)
+                u->rcpt_limit = u->accepted;
+            if (!(u->caps.flags & CAP_PIPELINING))
+                u->txn_n = k;
+        } else {
+            message_set_result(m, u->txn_rcpt[k - 1], r->code, r->ecode, text);
+        }
     } else if (u->bdat) { /* BDAT ... LAST: the final reply for the message */
         if (!u->dot_sent) {
             upstream_reply_error(u, "reply to BDAT before all of its data was sent", r);
@@ -593,7 +770,7 @@ static void txn_reply(struct upstream *u, const struct smtp_reply *r)
             return;
         }
         if (u->accepted > 0 && !u->mail_failed)
-            message_set_pending_results(m, r->code, r->ecode, text);
+            txn_set_results(u, 1, r->code, r->ecode, text);
         txn_finish(u, u->accepted > 0 && !u->mail_failed && r->code / 100 == 2);
         return;
     } else { /* DATA */
@@ -612,7 +789,7 @@ static void txn_reply(struct upstream *u, const struct smtp_reply *r)
             upstream_set_state(u, US_BODY);
             return;
         }
-        message_set_pending_results(m, r->code, r->ecode, text);
+        txn_set_results(u, 1, r->code, r->ecode, text);
         txn_finish(u, 0);
         return;
     }
@@ -620,8 +797,8 @@ static void txn_reply(struct upstream *u, const struct smtp_reply *r)
     /* Without pipelining, stop early when nothing more can succeed. */
     int pipelining = (u->caps.flags & CAP_PIPELINING) != 0;
     if (!pipelining) {
-        if (u->mail_failed || (u->reply_next == m->nrcpts + 1 && u->accepted == 0)) {
-            message_set_pending_results(m, r->code, r->ecode, text);
+        if (u->mail_failed || (u->reply_next == u->txn_n + 1 && u->accepted == 0)) {
+            txn_set_results(u, 0, r->code, r->ecode, text);
             txn_finish(u, 0);
             return;
         }
@@ -638,8 +815,8 @@ static void body_reply(struct upstream *u, const struct smtp_reply *r)
         txn_finish(u, 0);
         return;
     }
-    /* SMTP gives one reply for all accepted recipients. */
-    message_set_pending_results(u->msg, r->code, r->ecode, text);
+    /* SMTP gives one reply for all accepted recipients (of this transaction). */
+    txn_set_results(u, 1, r->code, r->ecode, text);
     txn_finish(u, r->code / 100 == 2);
 }
 
@@ -649,14 +826,21 @@ int upstream_send(struct upstream *u, struct message *m)
         return -1;
     u->msg = m;
     u->done_msg = NULL;
-    u->cmd_next = u->reply_next = 0;
-    u->accepted = 0;
-    u->mail_failed = 0;
-    u->dot_sent = 0;
-    /* BDAT only where the whole envelope and chunk can go out in one burst. */
-    u->bdat = (u->caps.flags & CAP_CHUNKING) && (u->caps.flags & CAP_PIPELINING);
-    body_encoder_init(&u->enc);
-    message_clear_results(m);
+    if (txn_plan(u) < 0) {
+        message_set_pending_results(m, 451, "4.3.0", "out of memory");
+        upstream_set_state(u, US_TXN);
+        u->txn_n = 0;
+        u->reply_next = 2;
+        event_active(u->kick, EV_TIMEOUT, 0);
+        return 0;
+    }
+    if (u->txn_n == 0) {
+        /* Every recipient has its result already: nothing to send. */
+        upstream_set_state(u, US_TXN);
+        u->reply_next = 2;
+        event_active(u->kick, EV_TIMEOUT, 0);
+        return 0;
+    }
 
     if ((u->caps.flags & CAP_SIZE) && u->caps.size > 0 && m->size > u->caps.size) {
         char text[160];
@@ -664,7 +848,7 @@ int upstream_send(struct upstream *u, struct message *m)
                  m->size, u->caps.size, u->relay->name);
         message_set_pending_results(m, 552, "5.3.4", text);
         upstream_set_state(u, US_TXN);
-        u->reply_next = m->nrcpts + 2;
+        u->reply_next = u->txn_n + 2;
         /* Report asynchronously through a zero timer, like a server reply. */
         event_active(u->kick, EV_TIMEOUT, 0);
         return 0;
@@ -673,19 +857,11 @@ int upstream_send(struct upstream *u, struct message *m)
         message_set_pending_results(m, 553, "5.6.7",
                                     "relay does not support SMTPUTF8 (internationalised address)");
         upstream_set_state(u, US_TXN);
-        u->reply_next = m->nrcpts + 2;
+        u->reply_next = u->txn_n + 2;
         event_active(u->kick, EV_TIMEOUT, 0);
         return 0;
     }
-    if (u->dirty) {
-        upstream_set_state(u, US_RSET);
-        upstream_send_line(u, "RSET");
-        ioev_flush(u->io);
-        upstream_timeout(u, u->relay->timeouts.command);
-        return 0;
-    }
-    upstream_set_state(u, US_TXN);
-    txn_send_more(u);
+    txn_start(u);
     return 0;
 }
 
@@ -694,7 +870,7 @@ int upstream_send(struct upstream *u, struct message *m)
 static void upstream_kick_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct upstream *u = arg;
-    if (u->state == US_TXN && u->msg && u->reply_next == u->msg->nrcpts + 2) {
+    if (u->state == US_TXN && u->msg && u->reply_next == u->txn_n + 2) {
         txn_finish(u, 1);
         return;
     }
@@ -716,20 +892,6 @@ static void upstream_enter(struct upstream *u)
         break;
     case US_STARTTLS:
         upstream_send_line(u, "STARTTLS");
-        break;
-    case US_AUTH_PLAIN: {
-        char *resp = sasl_plain_response(rc->auth_user, rc->auth_password);
-        if (resp == NULL) {
-            upstream_set_error(u, 451, "4.3.0", "out of memory");
-            upstream_fail(u);
-            return;
-        }
-        upstream_send_line(u, "AUTH PLAIN %s", resp);
-        sasl_free(resp);
-        break;
-    }
-    case US_AUTH_LOGIN:
-        upstream_send_line(u, "AUTH LOGIN");
         break;
     case US_QUIT:
         upstream_send_line(u, "QUIT");
@@ -758,6 +920,129 @@ static void upstream_now_idle(struct upstream *u)
     upstream_notify(u, UPSTREAM_READY);
 }
 
+/* ---- AUTH (RFC 4954) ------------------------------------------------------ */
+
+/* Send the AUTH command: the secret is at hand. */
+static void upstream_auth_send(struct upstream *u)
+{
+    const struct relay_config *rc = u->relay;
+    char err[300];
+    const char *name = sasl_mech_name(u->auth_mech);
+    sasl_end(u->sasl);
+    u->sasl = sasl_begin(u->auth_mech, rc->auth_user, u->secret, err, sizeof(err));
+    char *line = u->sasl ? sasl_initial(u->sasl, err, sizeof(err)) : NULL;
+    if (line == NULL) {
+        upstream_set_error(u, 451, "4.7.0", "AUTH %s: %s", name, err);
+        upstream_auth_clear(u);
+        upstream_fail(u);
+        return;
+    }
+    upstream_set_state(u, US_AUTH);
+    upstream_send_line(u, "%s", line);
+    sasl_free(line);
+    ioev_flush(u->io);
+    upstream_timeout(u, rc->timeouts.command);
+}
+
+static void upstream_secret_ready(const char *secret, const char *why, void *arg)
+{
+    struct upstream *u = arg;
+    u->secret_req = NULL;
+    if (u->state != US_AUTH_SECRET)
+        return;
+    if (secret == NULL) {
+        upstream_set_error(u, 451, "4.7.0", "cannot get the AUTH secret: %s", why);
+        upstream_fail(u);
+        return;
+    }
+    if ((u->secret = strdup(secret)) == NULL) {
+        upstream_set_error(u, 451, "4.3.0", "out of memory");
+        upstream_fail(u);
+        return;
+    }
+    upstream_auth_send(u);
+}
+
+/* Choose the mechanism, get the secret (maybe by running a command), then AUTH. */
+static void upstream_auth_start(struct upstream *u)
+{
+    const struct relay_config *rc = u->relay;
+    unsigned mech = sasl_choose(u->caps.auth, rc->auth_mechanisms);
+    if (mech == 0) {
+        upstream_set_error(u, 451, "4.7.0",
+                           (u->caps.flags & CAP_AUTH)
+                               ? "server offers no AUTH mechanism that is allowed"
+                               : "server does not offer AUTH");
+        upstream_setup_failed(u);
+        return;
+    }
+    upstream_auth_clear(u);
+    u->auth_mech = mech;
+    char err[300];
+    int got = secret_get(u->base, rc, upstream_secret_ready, u, &u->secret_req, &u->secret, err,
+                         sizeof(err));
+    if (got < 0) {
+        upstream_set_error(u, 451, "4.7.0", "cannot get the AUTH secret: %s", err);
+        upstream_fail(u);
+        return;
+    }
+    if (got == 1) {
+        upstream_auth_send(u);
+        return;
+    }
+    /* The command has its own time limit; the server may drop us meanwhile. */
+    upstream_set_state(u, US_AUTH_SECRET);
+    ioev_set_timeout(u->io, 0);
+}
+
+static void upstream_auth_reply(struct upstream *u, const struct smtp_reply *r)
+{
+    const struct relay_config *rc = u->relay;
+    const char *name = sasl_mech_name(u->auth_mech);
+    char err[300];
+    if (r->code == 334) {
+        char *resp = sasl_step(u->sasl, r->text, err, sizeof(err));
+        if (resp == NULL) {
+            /* A server that cannot prove itself gets nothing more, not even "*". */
+            upstream_set_error(u, 451, "4.7.0", "AUTH %s: %s", name, err);
+            upstream_fail(u);
+            return;
+        }
+        upstream_send_line(u, "%s", resp);
+        sasl_free(resp);
+        ioev_flush(u->io);
+        upstream_timeout(u, rc->timeouts.command);
+        return;
+    }
+    if (r->code == 235) {
+        if (sasl_success(u->sasl, err, sizeof(err)) < 0) {
+            upstream_set_error(u, 451, "4.7.0", "AUTH %s: %s", name, err);
+            upstream_fail(u);
+            return;
+        }
+        log_info("upstream relay=%s host=%s authenticated user=%s mech=%s", rc->name, u->hostport,
+                 rc->auth_user, name);
+        upstream_auth_clear(u);
+        upstream_now_idle(u);
+        return;
+    }
+    /*
+     * A refused token (expired OAuth2 access token): run password_command
+     * again and retry AUTH once on this session, which RFC 4954 allows.
+     */
+    if (r->code / 100 == 5 && !u->auth_retried && u->secret && secret_invalidate(rc, u->secret)) {
+        log_info("upstream relay=%s host=%s AUTH %s refused (%d); refreshing the secret", rc->name,
+                 u->hostport, name, r->code);
+        u->auth_retried = 1;
+        upstream_auth_start(u);
+        return;
+    }
+    upstream_reply_error(u, "authentication failed", r);
+    upstream_auth_clear(u);
+    /* Credentials are the same for every host: do not try the next one. */
+    upstream_fail(u);
+}
+
 /* After EHLO (or HELO): STARTTLS, AUTH, or ready. */
 static void upstream_after_hello(struct upstream *u)
 {
@@ -780,16 +1065,7 @@ static void upstream_after_hello(struct upstream *u)
             upstream_setup_failed(u);
             return;
         }
-        unsigned mech = sasl_choose(u->caps.auth, rc->auth_mechanisms);
-        if (mech == 0) {
-            upstream_set_error(u, 451, "4.7.0",
-                               (u->caps.flags & CAP_AUTH)
-                                   ? "server offers no AUTH mechanism that is allowed"
-                                   : "server does not offer AUTH");
-            upstream_setup_failed(u);
-            return;
-        }
-        upstream_goto(u, mech == AUTH_MECH_PLAIN ? US_AUTH_PLAIN : US_AUTH_LOGIN);
+        upstream_auth_start(u);
         return;
     }
     upstream_now_idle(u);
@@ -875,52 +1151,8 @@ static void upstream_reply(struct upstream *u, const struct smtp_reply *r)
         upstream_start_tls(u, US_TLS_STARTTLS);
         return;
 
-    case US_AUTH_PLAIN:
-        if (r->code == 334) {
-            /* Server wants the response after an empty challenge. */
-            char *resp = sasl_plain_response(rc->auth_user, rc->auth_password);
-            if (resp) {
-                upstream_send_line(u, "%s", resp);
-                sasl_free(resp);
-                ioev_flush(u->io);
-                upstream_timeout(u, rc->timeouts.command);
-                return;
-            }
-        }
-        goto auth_result;
-
-    case US_AUTH_LOGIN:
-    case US_AUTH_LOGIN_USER:
-        if (r->code != 334)
-            goto auth_result;
-        {
-            const char *secret = u->state == US_AUTH_LOGIN ? rc->auth_user : rc->auth_password;
-            char *resp = sasl_b64(secret);
-            if (resp == NULL) {
-                upstream_set_error(u, 451, "4.3.0", "out of memory");
-                upstream_fail(u);
-                return;
-            }
-            upstream_set_state(u,
-                               u->state == US_AUTH_LOGIN ? US_AUTH_LOGIN_USER : US_AUTH_LOGIN_PASS);
-            upstream_send_line(u, "%s", resp);
-            sasl_free(resp);
-            ioev_flush(u->io);
-            upstream_timeout(u, rc->timeouts.command);
-        }
-        return;
-
-    case US_AUTH_LOGIN_PASS:
-    auth_result:
-        if (r->code == 235) {
-            log_info("upstream relay=%s host=%s authenticated user=%s", rc->name, u->hostport,
-                     rc->auth_user);
-            upstream_now_idle(u);
-            return;
-        }
-        upstream_reply_error(u, "authentication failed", r);
-        /* Credentials are the same for every host: do not try the next one. */
-        upstream_fail(u);
+    case US_AUTH:
+        upstream_auth_reply(u, r);
         return;
 
     case US_NOOP:
@@ -1011,18 +1243,99 @@ static void upstream_read(struct upstream *u)
     }
 }
 
+/* ---- the tunnel's proxy ------------------------------------------------- */
+
+/* The far end is reached (directly or through the proxy): TLS or the greeting next. */
+static void upstream_far_end(struct upstream *u)
+{
+    if (u->relay->options & RELAY_OPT_SECURE_IMPLICIT) {
+        upstream_start_tls(u, US_TLS_IMPLICIT);
+    } else {
+        upstream_set_state(u, US_GREETING);
+        upstream_timeout(u, u->relay->timeouts.greeting);
+        if (evbuffer_get_length(ioev_input(u->io)) > 0)
+            upstream_read(u); /* the greeting came with the proxy's reply */
+    }
+}
+
+static void proxy_send(struct upstream *u)
+{
+    size_t n;
+    const unsigned char *out = proxy_output(u->proxy, &n);
+    if (n) {
+        evbuffer_add(ioev_output(u->io), out, n);
+        ioev_flush(u->io);
+    }
+    proxy_sent(u->proxy);
+}
+
+/*
+ * TCP to the proxy is up: ask it for the relay host by name (the proxy
+ * resolves it; TLS later verifies tls.server_name or that name).
+ */
+static void upstream_proxy_start(struct upstream *u)
+{
+    const struct relay_config *rc = u->relay;
+    const struct relay_host *h = &rc->hosts[u->host_idx];
+    if (u->proxy == NULL && (u->proxy = malloc(sizeof(*u->proxy))) == NULL) {
+        upstream_set_error(u, 451, "4.3.0", "out of memory");
+        upstream_setup_failed(u);
+        return;
+    }
+    upstream_set_state(u, US_PROXY);
+    if (proxy_start(u->proxy, (enum proxy_kind)rc->proxy_kind, h->host, h->port, rc->proxy_user,
+                    rc->proxy_password) < 0) {
+        upstream_set_error(u, 451, "4.4.1", "%s proxy %s:%u: %s", proxy_kind_name(rc->proxy_kind),
+                           rc->proxy_host, rc->proxy_port, proxy_error(u->proxy));
+        upstream_setup_failed(u);
+        return;
+    }
+    proxy_send(u);
+    upstream_timeout(u, rc->timeouts.connect);
+}
+
+static void upstream_proxy_read(struct upstream *u)
+{
+    const struct relay_config *rc = u->relay;
+    struct evbuffer *in = ioev_input(u->io);
+    size_t len = evbuffer_get_length(in), used = 0;
+    const unsigned char *data = evbuffer_pullup(in, (ev_ssize_t)len);
+    enum proxy_status st = proxy_feed(u->proxy, data, len, &used);
+    evbuffer_drain(in, used);
+    switch (st) {
+    case PROXY_MORE:
+        proxy_send(u);
+        return;
+    case PROXY_DONE:
+        log_debug("upstream relay=%s host=%s tunnel through %s proxy %s:%u established", rc->name,
+                  u->hostport, proxy_kind_name(rc->proxy_kind), rc->proxy_host, rc->proxy_port);
+        /* its buffers held the password for a moment: do not keep it around */
+        explicit_bzero(u->proxy, sizeof(*u->proxy));
+        upstream_far_end(u);
+        return;
+    case PROXY_REFUSED:
+    case PROXY_BAD: {
+        char esc[300];
+        const char *why = proxy_error(u->proxy);
+        upstream_set_error(u, 451, "4.4.1", "%s proxy %s:%u: %s", proxy_kind_name(rc->proxy_kind),
+                           rc->proxy_host, rc->proxy_port,
+                           log_escape(why, strlen(why), esc, sizeof(esc)));
+        upstream_setup_failed(u);
+        return;
+    }
+    }
+}
+
 static void upstream_io(struct ioev *io, enum ioev_event ev, void *arg)
 {
     struct upstream *u = arg;
     u->in_cb++;
     switch (ev) {
     case IOEV_CONNECTED:
-        if (u->relay->options & RELAY_OPT_SECURE_IMPLICIT) {
-            upstream_start_tls(u, US_TLS_IMPLICIT);
-        } else {
-            upstream_set_state(u, US_GREETING);
-            upstream_timeout(u, u->relay->timeouts.greeting);
-        }
+        if (u->relay->proxy_kind != PROXY_NONE)
+            upstream_proxy_start(u);
+        else
+            upstream_far_end(u);
         break;
     case IOEV_TLS_DONE:
         log_debug("upstream relay=%s host=%s tls=%s cipher=%s resumed=%d", u->relay->name,
@@ -1035,7 +1348,10 @@ static void upstream_io(struct ioev *io, enum ioev_event ev, void *arg)
         }
         break;
     case IOEV_READ:
-        upstream_read(u);
+        if (u->state == US_PROXY)
+            upstream_proxy_read(u);
+        else
+            upstream_read(u);
         break;
     case IOEV_FLUSHED:
         if ((u->state == US_BODY || (u->state == US_TXN && u->bdat && u->body_off > 0)) &&
@@ -1056,7 +1372,7 @@ static void upstream_io(struct ioev *io, enum ioev_event ev, void *arg)
         const char *ecode = "4.4.2";
         if (u->state == US_TLS_IMPLICIT || u->state == US_TLS_STARTTLS)
             ecode = "4.7.5";
-        else if (u->state == US_CONNECTING)
+        else if (u->state == US_CONNECTING || u->state == US_PROXY)
             ecode = "4.4.1";
         if (u->state == US_BODY && u->dot_sent)
             upstream_set_error(u, 451, ecode,
@@ -1065,6 +1381,10 @@ static void upstream_io(struct ioev *io, enum ioev_event ev, void *arg)
                                why);
         else if (u->state == US_BODY)
             upstream_set_error(u, 451, ecode, "%s while sending the message data", why);
+        else if (u->relay->proxy_kind != PROXY_NONE && u->state <= US_PROXY)
+            upstream_set_error(u, 451, ecode, "%s proxy %s:%u: %s (state %s)",
+                               proxy_kind_name(u->relay->proxy_kind), u->relay->proxy_host,
+                               u->relay->proxy_port, why, state_names[u->state]);
         else
             upstream_set_error(u, 451, ecode, "%s (state %s)", why, state_names[u->state]);
         if (u->state < US_IDLE)
@@ -1138,6 +1458,12 @@ int upstream_noop(struct upstream *u)
     ioev_flush(u->io);
     upstream_timeout(u, u->relay->timeouts.command);
     return 0;
+}
+
+/* Only the pointer moves: the caller vouches that the profiles are equal. */
+void upstream_set_relay(struct upstream *u, const struct relay_config *relay)
+{
+    u->relay = relay;
 }
 
 void upstream_quit(struct upstream *u)

@@ -70,7 +70,20 @@ int upstream_noop(struct upstream *u);
 /* Send QUIT and free the session once the server answered or after a short wait. */
 void upstream_quit(struct upstream *u);
 
-/* Hand an idle session one message.  Returns 0, or -1 if the session is not idle. */
+/*
+ * A reload replaced the session's relay profile by an equal one (see
+ * relay_config_equal()): read settings from `relay` from now on.  The old
+ * profile may be freed afterwards.
+ */
+void upstream_set_relay(struct upstream *u, const struct relay_config *relay);
+
+/*
+ * Hand an idle session one message: its recipients that have no result yet
+ * (code 0), in as many transactions as rate.max_recipients or a 452 4.5.3
+ * from the server make necessary; UPSTREAM_TXN_DONE comes once, after the
+ * last.  With TXN_RETRY only the recipients of the transaction that failed
+ * lost their results.  Returns 0, or -1 if the session is not idle.
+ */
 int upstream_send(struct upstream *u, struct message *m);
 
 /* After UPSTREAM_TXN_DONE: the outcome, and the message (ownership stays with the caller). */

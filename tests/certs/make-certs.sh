@@ -24,6 +24,13 @@ subjectAltName = DNS:localhost, IP:127.0.0.1, IP:::1
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid
 
+[client_ext]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = clientAuth
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+
 [wronghost_ext]
 basicConstraints = critical, CA:FALSE
 keyUsage = critical, digitalSignature, keyEncipherment
@@ -52,6 +59,8 @@ sign() {
 
 sign server localhost server_ext
 sign wronghost wrong.example wronghost_ext
+# TLS client certificate (tls.client_cert) for servers that demand one
+sign client "mailpool test client" client_ext
 
 # Self-signed "localhost"
 newkey selfsigned.key

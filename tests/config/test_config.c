@@ -457,7 +457,7 @@ static const struct tcase auth_cases[] = {
                " password_file = \"@DIR@/pw600\"; }; }; };",
      ERR("exclude each other", 3)},
     {"neither password nor password_file", AUTH_HEAD " auth = { user = \"u\"; }; }; };",
-     ERR("needs 'password_file' (preferred) or 'password'", 2)},
+     ERR("needs one of 'password_file' (preferred), 'password'", 2)},
     {"no user", AUTH_HEAD " auth = { password = \"" INLINE_SECRET "\"; }; }; };",
      ERR("needs 'user'", 2)},
     {"empty user", AUTH_HEAD " auth = { user = \"\"; password = \"x\"; }; }; };",
@@ -493,6 +493,21 @@ static void group_auth(void)
 
 /* ---- config_unknown_keys ------------------------------------------------- */
 
+static void chk_budgets(const struct config *cfg)
+{
+    const struct relay_config *r = &cfg->relays[0];
+    CHECK(r->budget.messages_per_second == 14 && r->budget.messages_per_minute == 600);
+    CHECK(r->budget.max_recipients == 50 && r->budget.max_logins_per_minute == 3);
+    CHECK(r->pool.max_messages == 100); /* limits.max_messages is below the default 1000 */
+}
+
+/* The smaller of pool.max_messages and limits.max_messages applies. */
+static void chk_budget_pool_cap(const struct config *cfg)
+{
+    CHECK(cfg->relays[0].pool.max_messages == 10);
+    CHECK(cfg->relays[0].budget.messages_per_second == 0);
+}
+
 static const struct tcase unknown_cases[] = {
     {"misspelt password_file",
      "relays = {\n  smarthost = {\n    hosts = [\"h:587\"];\n    auth = {\n      user = \"u\";\n"
@@ -515,41 +530,97 @@ static const struct tcase unknown_cases[] = {
      ERR("unknown key 'max_conn' in pool of relay 'r'", 2)},
     {"unknown timeouts key", "relays = { r = { hosts = [\"h\"];\n timeouts = { data = 2; }; }; };",
      ERR("unknown key 'data' in timeouts of relay 'r'", 2)},
-    {"routes not supported yet",
-     "relays = { r = { hosts = [\"h\"]; }; };\nroutes = ( { sender_domain = \"x\"; relay = \"r\"; "
+    /* routing and address fixing */
+    {"route to an unknown relay",
+     "relays = { r = { hosts = [\"h\"]; }; };\nroutes = ( { sender_domain = \"x\"; relay = \"q\"; "
      "} );",
-     ERR("'routes' is not supported yet", 2)},
-    {"rate not supported yet",
-     "relays = { r = { hosts = [\"h\"];\n rate = { messages_per_second = 14; }; }; };",
-     ERR("'rate' is not supported yet", 2)},
-    {"limits not supported yet", "relays = { r = { hosts = [\"h\"];\n limits = { }; }; };",
-     ERR("'limits' is not supported yet", 2)},
-    {"relay allow not supported yet",
-     "relays = { r = { hosts = [\"h\"];\n allow = { users = [\"root\"]; }; }; };",
-     ERR("'allow' is not supported yet", 2)},
-    {"daemon allow not supported yet",
-     "daemon = {\n allow = { users = [\"root\"]; }; };\nrelays = { r = { hosts = [\"h\"]; }; };",
-     ERR("'allow' is not supported yet", 2)},
-    {"sender not supported yet", "relays = { r = { hosts = [\"h\"];\n sender = \"a@b\"; }; };",
-     ERR("'sender' is not supported yet", 2)},
-    {"aliases not supported yet", "relays = { r = { hosts = [\"h\"];\n aliases = { }; }; };",
-     ERR("'aliases' is not supported yet", 2)},
-    {"proxy not supported yet",
+     ERR("route relay 'q' is not defined in 'relays'", 2)},
+    {"route without a condition",
+     "relays = { r = { hosts = [\"h\"]; }; };\nroutes = ( {\n relay = \"r\"; } );",
+     ERR("a route needs at least one of", 2)},
+    {"route with an unknown key",
+     "relays = { r = { hosts = [\"h\"]; }; };\nroutes = ( {\n domain = \"x\"; relay = \"r\"; } );",
+     ERR("unknown key 'domain' in a route", 3)},
+    {"route with an unknown user",
+     "relays = { r = { hosts = [\"h\"]; }; };\nroutes = ( {\n user = \"no-such-user-x\"; relay = "
+     "\"r\"; } );",
+     ERR("no such user 'no-such-user-x'", 3)},
+    /* budgets */
+    {"rate and limits",
+     "relays = { r = { hosts = [\"h\"];\n rate = { messages_per_second = 14;"
+     " messages_per_minute = 600; max_recipients = 50; };\n limits = { max_logins_per_minute = 3;"
+     " max_messages = 100; }; }; };",
+     .check = chk_budgets},
+    {"limits.max_messages above pool.max_messages",
+     "relays = { r = { hosts = [\"h\"];\n pool = { max_messages = 10; };"
+     " limits = { max_messages = 100; }; }; };",
+     .check = chk_budget_pool_cap},
+    {"unknown rate key", "relays = { r = { hosts = [\"h\"];\n rate = { per_second = 1; }; }; };",
+     ERR("unknown key 'per_second' in rate of relay 'r'", 2)},
+    {"unknown limits key", "relays = { r = { hosts = [\"h\"];\n limits = { logins = 1; }; }; };",
+     ERR("unknown key 'logins' in limits of relay 'r'", 2)},
+    {"negative rate", "relays = { r = { hosts = [\"h\"];\n rate = { max_recipients = -1; }; }; };",
+     ERR("'rate.max_recipients' must not be negative", 2)},
+    {"rate not a group", "relays = { r = { hosts = [\"h\"];\n rate = 5; }; };",
+     ERR("'rate' must be a group", 2)},
+    {"relay allow with an unknown group",
+     "relays = { r = { hosts = [\"h\"];\n allow = { groups = [\"no-such-group-x\"]; }; }; };",
+     ERR("no such group 'no-such-group-x'", 2)},
+    {"daemon allow with an unknown key",
+     "daemon = { allow = {\n user = [\"root\"]; }; };\nrelays = { r = { hosts = [\"h\"]; }; };",
+     ERR("unknown key 'user' in daemon.allow (did you mean 'users'?)", 2)},
+    {"sender without a domain", "relays = { r = { hosts = [\"h\"];\n sender = \"ab\"; }; };",
+     ERR("'sender' must be a full address local@domain", 2)},
+    {"alias that is no address",
+     "relays = { r = { hosts = [\"h\"]; aliases = {\n root = \"a b@c\"; }; }; };",
+     ERR("'aliases.root' is not a valid address", 2)},
+    {"from_header unknown", "relays = { r = { hosts = [\"h\"];\n from_header = \"replace\"; }; };",
+     ERR("'from_header' must be \"keep\", \"rewrite\" or \"add_if_missing\"", 2)},
+    {"qualify_domain not a domain",
+     "relays = { r = { hosts = [\"h\"];\n qualify_domain = \"a b\"; }; };",
+     ERR("'qualify_domain' must be a domain name", 2)},
+    {"proxy without tunnel",
      "relays = { r = { hosts = [\"h\"];\n proxy = \"socks5://127.0.0.1:1080\"; }; };",
-     ERR("'proxy' is not supported yet", 2)},
-    {"password_command not supported yet",
-     "relays = { r = { hosts = [\"h:587\"]; auth = { user = \"u\";\n password_command = \"x\"; }; "
+     ERR("'proxy' needs the 'tunnel' option", 2)},
+    {"proxy without port",
+     "relays = { r = { hosts = [\"h\"]; options = [\"tunnel\"];\n"
+     " proxy = \"socks5://u:pw@127.0.0.1\"; }; };",
+     ERR("'proxy': the proxy needs a port", 2)},
+    {"proxy http with credentials",
+     "relays = { r = { hosts = [\"h\"]; options = [\"tunnel\"];\n"
+     " proxy = \"http://u:pw@127.0.0.1:3128\"; }; };",
+     ERR("'proxy': credentials are supported for socks5:// proxies only", 2)},
+    {"password_command empty",
+     "relays = { r = { hosts = [\"h:587\"]; auth = { user = \"u\";\n password_command = \"\"; }; "
      "}; };",
-     ERR("'password_command' is not supported yet", 2)},
-    {"credential not supported yet",
-     "relays = { r = { hosts = [\"h:587\"]; auth = { user = \"u\";\n credential = \"x\"; }; }; };",
-     ERR("'credential' is not supported yet", 2)},
-    {"pin_sha256 not supported yet",
+     ERR("'auth.password_command' must not be empty", 2)},
+    {"password_command and password",
+     "relays = { r = { hosts = [\"h:587\"]; auth = { user = \"u\"; password = \"x\";\n"
+     " password_command = \"x\"; }; }; };",
+     ERR("'auth.password' and 'auth.password_command' exclude each other", 2)},
+    {"credential is a path",
+     "relays = { r = { hosts = [\"h:587\"]; auth = { user = \"u\";\n credential = \"a/b\"; }; }; "
+     "};",
+     ERR("must be a plain name", 2)},
+    {"password_command_ttl negative",
+     "relays = { r = { hosts = [\"h:587\"]; auth = { user = \"u\"; password_command = \"x\";\n"
+     " password_command_ttl = -1; }; }; };",
+     ERR("password_command_ttl", 2)},
+    {"pin_sha256 not a digest",
      "relays = { r = { hosts = [\"h\"]; tls = {\n pin_sha256 = [\"x\"]; }; }; };",
-     ERR("'pin_sha256' is not supported yet", 2)},
-    {"client_cert not supported yet",
-     "relays = { r = { hosts = [\"h\"]; tls = {\n client_cert = \"/x\"; }; }; };",
-     ERR("'client_cert' is not supported yet", 2)},
+     ERR("'tls.pin_sha256' entry \"x\" is not a base64 SHA-256 digest", 2)},
+    {"pin_sha256 empty list",
+     "relays = { r = { hosts = [\"h\"]; tls = {\n pin_sha256 = []; }; }; };",
+     ERR("'tls.pin_sha256' is empty", 2)},
+    {"client_cert missing file",
+     "relays = { r = { hosts = [\"h\"]; tls = {\n client_cert = \"/nonexistent/x\"; }; }; };",
+     ERR("tls.client_cert '/nonexistent/x': No such file or directory", 2)},
+    {"client_key without client_cert",
+     "relays = { r = { hosts = [\"h\"]; tls = {\n client_key = \"/etc/hostname\"; }; }; };",
+     ERR("'tls.client_key' needs 'tls.client_cert'", 2)},
+    {"ciphers with spaces",
+     "relays = { r = { hosts = [\"h\"]; tls = {\n ciphers = \"AES128 SHA\"; }; }; };",
+     ERR("'tls.ciphers' must be a list of suite names", 2)},
 };
 
 static void group_unknown_keys(void)

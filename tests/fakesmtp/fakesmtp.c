@@ -25,7 +25,9 @@
  *   user NAME PASSWORD   credentials AUTH accepts (repeatable; password = rest of line)
  *   no-ehlo              answer EHLO with 502 (HELO-only server)
  *   idle SECONDS         idle timeout before "421" (default 300)
- *   tls-max-version 1.2  cap the TLS version the server accepts (default: 1.3)
+ *   tls-max-version 1.2  cap the TLS version the server accepts (default: 1.3); 1.1 also
+ *                        enables TLS 1.1 with the legacy SHA-1 CBC suites only
+ *   require-client-cert CAFILE  demand a client certificate chaining to CAFILE
  *   on PHASE [#N] [match TEXT] ACTION [ARGS]
  *
  * PHASE: connect ehlo helo starttls auth mail rcpt data body dot bdat rset noop quit.
@@ -61,6 +63,10 @@
  */
 #include <wolfssl/options.h>
 #include <wolfssl/ssl.h>
+#include <wolfssl/wolfcrypt/hmac.h>
+#include <wolfssl/wolfcrypt/pwdbased.h>
+#include <wolfssl/wolfcrypt/sha.h>
+#include <wolfssl/wolfcrypt/sha256.h>
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -272,6 +278,7 @@ struct script {
     size_t ncaps;
     char *auth_mechs; /* NULL: no AUTH */
     bool auth_before_tls;
+    bool scram_bad_signature; /* send a wrong SCRAM server signature (v=) */
     struct user *users;
     size_t nusers;
     bool no_ehlo;
@@ -279,6 +286,7 @@ struct script {
     size_t nrules;
     long idle_sec;
     int tls_max;              /* 0, or a WOLFSSL TLS1_x_VERSION */
+    char *client_ca;          /* require-client-cert: CA file the client cert must chain to */
     unsigned long size_limit; /* from an advertised "SIZE n"; 0: none */
     bool chunking;
 };
@@ -484,6 +492,7 @@ static void script_free(struct script *sc)
     for (size_t i = 0; i < sc->ncaps; i++)
         free(sc->caps[i]);
     free(sc->caps);
+    free(sc->client_ca);
     free(sc->auth_mechs);
     for (size_t i = 0; i < sc->nusers; i++) {
         free(sc->users[i].name);
@@ -545,6 +554,8 @@ static int script_load(struct script *sc, const char *path)
             sc->auth_mechs = xstrndup(arg, strlen(arg));
         } else if (IS("auth-before-tls") && !*arg) {
             sc->auth_before_tls = true;
+        } else if (IS("scram-bad-signature") && !*arg) {
+            sc->scram_bad_signature = true;
         } else if (IS("user")) {
             size_t un = word_len(arg);
             const char *pw = skip_ws(arg + un);
@@ -564,12 +575,19 @@ static int script_load(struct script *sc, const char *path)
             if (end == arg || *end || sc->idle_sec <= 0)
                 err = "idle needs SECONDS";
         } else if (IS("tls-max-version")) {
-            if (strcmp(arg, "1.2") == 0)
+            if (strcmp(arg, "1.1") == 0)
+                sc->tls_max = TLS1_1_VERSION; /* also allows 1.1 and its legacy suites */
+            else if (strcmp(arg, "1.2") == 0)
                 sc->tls_max = TLS1_2_VERSION;
             else if (strcmp(arg, "1.3") == 0)
                 sc->tls_max = TLS1_3_VERSION;
             else
-                err = "tls-max-version is 1.2 or 1.3";
+                err = "tls-max-version is 1.1, 1.2 or 1.3";
+        } else if (IS("require-client-cert")) {
+            if (!*arg || sc->client_ca)
+                err = "require-client-cert needs one CAFILE";
+            else
+                sc->client_ca = strdup(arg);
         } else if (IS("on")) {
             struct rule r;
             err = parse_rule(arg, &r);
@@ -1035,6 +1053,16 @@ static bool tls_start(struct conn *c)
     const char *cipher = wolfSSL_get_cipher_name(ssl);
     conn_event(c, "tls version=%s cipher=%s resumed=%d", wolfSSL_get_version(ssl),
                cipher ? cipher : "unknown", wolfSSL_session_reused(ssl) ? 1 : 0);
+    WOLFSSL_X509 *peer = c->srv->script.client_ca ? wolfSSL_get_peer_certificate(ssl) : NULL;
+    if (peer) {
+        char subj[256];
+        char *name =
+            wolfSSL_X509_NAME_oneline(wolfSSL_X509_get_subject_name(peer), subj, (int)sizeof subj);
+        char *esc = escape_dup(name ? name : "?", name ? strlen(name) : 1);
+        conn_event(c, "tls-client-cert subject=%s", esc);
+        free(esc);
+        wolfSSL_X509_free(peer);
+    }
     const char *sni = wolfSSL_get_servername(ssl, WOLFSSL_SNI_HOST_NAME);
     if (sni && *sni) {
         char *esc = escape_dup(sni, strlen(sni));
@@ -1058,6 +1086,23 @@ static int tls_ctx_setup(struct server *s, const char *cert, const char *key)
     if (wolfSSL_CTX_use_PrivateKey_file(s->ctx, key, WOLFSSL_FILETYPE_PEM) != WOLFSSL_SUCCESS) {
         fprintf(stderr, "fakesmtp: cannot load key %s\n", key);
         return -1;
+    }
+    if (s->script.tls_max == TLS1_1_VERSION &&
+        (wolfSSL_CTX_SetMinVersion(s->ctx, WOLFSSL_TLSV1_1) != WOLFSSL_SUCCESS ||
+         wolfSSL_CTX_set_cipher_list(s->ctx, "ECDHE-RSA-AES128-SHA:ECDHE-RSA-AES256-SHA:"
+                                             "DHE-RSA-AES128-SHA:AES128-SHA:AES256-SHA") !=
+             WOLFSSL_SUCCESS)) {
+        fputs("fakesmtp: cannot enable TLS 1.1\n", stderr);
+        return -1;
+    }
+    if (s->script.client_ca) {
+        if (wolfSSL_CTX_load_verify_locations(s->ctx, s->script.client_ca, NULL) !=
+            WOLFSSL_SUCCESS) {
+            fprintf(stderr, "fakesmtp: cannot load %s\n", s->script.client_ca);
+            return -1;
+        }
+        wolfSSL_CTX_set_verify(s->ctx, WOLFSSL_VERIFY_PEER | WOLFSSL_VERIFY_FAIL_IF_NO_PEER_CERT,
+                               NULL);
     }
     if (s->script.tls_max &&
         wolfSSL_CTX_set_max_proto_version(s->ctx, s->script.tls_max) != WOLFSSL_SUCCESS) {
@@ -1149,6 +1194,321 @@ static bool mech_listed(const char *list, const char *mech)
     return false;
 }
 
+/* ---- challenge mechanisms: CRAM-MD5, SCRAM, XOAUTH2, OAUTHBEARER ---------- */
+
+static bool mech_implemented(const char *mech)
+{
+    static const char *const names[] = {"PLAIN",         "LOGIN",   "CRAM-MD5",   "SCRAM-SHA-1",
+                                        "SCRAM-SHA-256", "XOAUTH2", "OAUTHBEARER"};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (strcasecmp(mech, names[i]) == 0)
+            return true;
+    return false;
+}
+
+static const char *user_pass(const struct script *sc, const char *name)
+{
+    for (size_t i = 0; i < sc->nusers; i++)
+        if (strcmp(sc->users[i].name, name) == 0)
+            return sc->users[i].pass;
+    return NULL;
+}
+
+static char *b64_encode_dup(const void *d, size_t n)
+{
+    word32 outlen = (word32)(n * 4 / 3 + 8);
+    unsigned char *out = xmalloc(outlen + 1);
+    /* Base64_EncodeEsc would add line breaks; encode in one line by hand. */
+    static const char al[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const unsigned char *p = d;
+    size_t o = 0;
+    for (size_t i = 0; i < n; i += 3) {
+        unsigned v = (unsigned)p[i] << 16 | (i + 1 < n ? (unsigned)p[i + 1] << 8 : 0) |
+                     (i + 2 < n ? p[i + 2] : 0);
+        out[o++] = (unsigned char)al[v >> 18 & 63];
+        out[o++] = (unsigned char)al[v >> 12 & 63];
+        out[o++] = i + 1 < n ? (unsigned char)al[v >> 6 & 63] : '=';
+        out[o++] = i + 2 < n ? (unsigned char)al[v & 63] : '=';
+    }
+    out[o] = '\0';
+    return (char *)out;
+}
+
+static void hmac(int type, const void *key, size_t klen, const void *msg, size_t mlen,
+                 unsigned char *out)
+{
+    Hmac h;
+    wc_HmacInit(&h, NULL, INVALID_DEVID);
+    wc_HmacSetKey(&h, type, key, (word32)klen);
+    wc_HmacUpdate(&h, msg, (word32)mlen);
+    wc_HmacFinal(&h, out);
+    wc_HmacFree(&h);
+}
+
+/* Sends "334 " + base64(text) and reads the answer; NULL when the connection ended. */
+static char *auth_challenge(struct conn *c, const void *text, size_t n)
+{
+    char *enc = b64_encode_dup(text, n);
+    struct buf line = {0};
+    buf_addf(&line, "334 %s", enc);
+    free(enc);
+    buf_add(&line, "", 0);
+    int r = conn_replys(c, line.p);
+    buf_free(&line);
+    return r < 0 ? NULL : auth_read(c);
+}
+
+/* Decodes a client response into a NUL-terminated buffer; false when invalid. */
+static bool auth_decode(const char *resp, struct buf *out)
+{
+    if (!b64_decode(resp, strlen(resp), out))
+        return false;
+    buf_add(out, "", 0);
+    out->len--;
+    return memchr(out->p, '\0', out->len) == NULL;
+}
+
+/* The value of SCRAM attribute a ("a=value,"), malloc'd, or NULL. */
+static char *scram_get(const char *msg, char a)
+{
+    for (const char *p = msg; *p;) {
+        const char *e = strchr(p, ',');
+        if (!e)
+            e = p + strlen(p);
+        if (p[0] == a && p[1] == '=')
+            return xstrndup(p + 2, (size_t)(e - p - 2));
+        p = *e ? e + 1 : e;
+    }
+    return NULL;
+}
+
+/*
+ * SCRAM server (RFC 5802): checks the client proof against the scripted
+ * password and sends the server signature (wrong on purpose with
+ * scram-bad-signature).  Returns the final reply, or NULL when the
+ * connection ended; *user gets the user name for the transcript.
+ */
+static const char *scram_server(struct conn *c, const char *mech, const char *initial, char **user)
+{
+    bool sha1 = strcasecmp(mech, "SCRAM-SHA-1") == 0;
+    int type = sha1 ? WC_SHA : WC_SHA256;
+    size_t dl = sha1 ? WC_SHA_DIGEST_SIZE : WC_SHA256_DIGEST_SIZE;
+    char *resp = *initial ? xstrndup(initial, strlen(initial)) : auth_challenge(c, "", 0);
+    if (!resp)
+        return NULL;
+    struct buf cf = {0}, fin = {0}, am = {0};
+    char *cnonce = NULL, *sf = NULL, *r = NULL, *p = NULL, *cb = NULL, *resp2 = NULL;
+    const char *final = "535 5.7.8 Authentication credentials invalid";
+    if (strcmp(resp, "*") == 0) {
+        final = "501 5.7.0 Authentication cancelled";
+        goto out;
+    }
+    if (!auth_decode(resp, &cf) || strncmp(cf.p, "n,,", 3) != 0) {
+        final = "501 5.5.2 Malformed client-first-message";
+        goto out;
+    }
+    const char *bare = cf.p + 3;
+    *user = scram_get(bare, 'n');
+    cnonce = scram_get(bare, 'r');
+    if (!*user || !cnonce || !*cnonce) {
+        final = "501 5.5.2 Malformed client-first-message";
+        goto out;
+    }
+    unsigned char salt[16];
+    for (size_t i = 0; i < sizeof(salt); i++)
+        salt[i] = (unsigned char)(rand() & 0xff);
+    char *salt64 = b64_encode_dup(salt, sizeof(salt));
+    struct buf sfb = {0};
+    buf_addf(&sfb, "r=%s%08lx%08x,s=%s,i=4096", cnonce, (long)getpid(), (unsigned)rand(), salt64);
+    buf_add(&sfb, "", 0);
+    free(salt64);
+    sf = sfb.p;
+    if (!(resp2 = auth_challenge(c, sf, strlen(sf)))) {
+        final = NULL;
+        goto out;
+    }
+    if (strcmp(resp2, "*") == 0) {
+        final = "501 5.7.0 Authentication cancelled";
+        goto out;
+    }
+    if (!auth_decode(resp2, &fin) || !(p = strstr(fin.p, ",p="))) {
+        final = "501 5.5.2 Malformed client-final-message";
+        goto out;
+    }
+    cb = scram_get(fin.p, 'c');
+    r = scram_get(fin.p, 'r');
+    char *snonce = scram_get(sf, 'r');
+    bool nonce_ok = r && strcmp(r, snonce) == 0 && cb && strcmp(cb, "biws") == 0;
+    free(snonce);
+    const char *pass = user_pass(&c->srv->script, *user);
+    struct buf proof = {0};
+    if (!nonce_ok || !pass || !b64_decode(p + 3, strlen(p + 3), &proof) || proof.len != dl) {
+        buf_free(&proof);
+        goto out;
+    }
+    buf_addf(&am, "%s,%s,", bare, sf);
+    buf_add(&am, fin.p, (size_t)(p - fin.p));
+    unsigned char salted[32], ckey[32], stored[32], csig[32], skey[32], ssig[32], check[32];
+    wc_PBKDF2(salted, (const byte *)pass, (int)strlen(pass), salt, sizeof(salt), 4096, (int)dl,
+              type);
+    hmac(type, salted, dl, "Client Key", 10, ckey);
+    if (sha1)
+        wc_ShaHash(ckey, (word32)dl, stored);
+    else
+        wc_Sha256Hash(ckey, (word32)dl, stored);
+    hmac(type, stored, dl, am.p, am.len, csig);
+    for (size_t i = 0; i < dl; i++)
+        ckey[i] = (unsigned char)proof.p[i] ^ csig[i];
+    buf_free(&proof);
+    if (sha1)
+        wc_ShaHash(ckey, (word32)dl, check);
+    else
+        wc_Sha256Hash(ckey, (word32)dl, check);
+    if (memcmp(check, stored, dl) != 0)
+        goto out;
+    hmac(type, salted, dl, "Server Key", 10, skey);
+    hmac(type, skey, dl, am.p, am.len, ssig);
+    if (c->srv->script.scram_bad_signature)
+        ssig[0] ^= 0xff;
+    char *v64 = b64_encode_dup(ssig, dl);
+    struct buf v = {0};
+    buf_addf(&v, "v=%s", v64);
+    free(v64);
+    free(resp2);
+    resp2 = auth_challenge(c, v.p, v.len);
+    buf_free(&v);
+    if (!resp2)
+        final = NULL;
+    else if (*resp2)
+        final = "501 5.7.0 Authentication cancelled";
+    else
+        final = "235 2.7.0 Authentication successful";
+out:
+    free(resp);
+    free(resp2);
+    free(cnonce);
+    free(sf);
+    free(r);
+    free(cb);
+    buf_free(&cf);
+    buf_free(&fin);
+    buf_free(&am);
+    return final;
+}
+
+/* CRAM-MD5 server (RFC 2195). */
+static const char *cram_server(struct conn *c, char **user)
+{
+    struct buf chal = {0}, dec = {0};
+    buf_addf(&chal, "<%ld.%ld@fake.test>", (long)getpid(), (long)time(NULL));
+    char *resp = auth_challenge(c, chal.p, chal.len);
+    const char *final = "535 5.7.8 Authentication credentials invalid";
+    if (!resp) {
+        final = NULL;
+    } else if (strcmp(resp, "*") == 0) {
+        final = "501 5.7.0 Authentication cancelled";
+    } else if (!auth_decode(resp, &dec) || !strchr(dec.p, ' ')) {
+        final = "501 5.5.2 Cannot decode response";
+    } else {
+        const char *sp = strrchr(dec.p, ' ');
+        *user = xstrndup(dec.p, (size_t)(sp - dec.p));
+        const char *pass = user_pass(&c->srv->script, *user);
+        if (pass) {
+            unsigned char mac[16];
+            char hexmac[33];
+            hmac(WC_MD5, pass, strlen(pass), chal.p, chal.len, mac);
+            for (int i = 0; i < 16; i++)
+                snprintf(hexmac + 2 * i, 3, "%02x", mac[i]);
+            if (strcmp(sp + 1, hexmac) == 0)
+                final = "235 2.7.0 Authentication successful";
+        }
+    }
+    free(resp);
+    buf_free(&chal);
+    buf_free(&dec);
+    return final;
+}
+
+/*
+ * XOAUTH2 (Google) and OAUTHBEARER (RFC 7628): the token must equal the
+ * scripted password of the user.  A wrong token gets the error flow: 334
+ * with base64 JSON, the client answers (empty line / %x01), then 535.
+ */
+static const char *token_server(struct conn *c, const char *mech, const char *initial, char **user)
+{
+    bool xo = strcasecmp(mech, "XOAUTH2") == 0;
+    char *resp = *initial ? xstrndup(initial, strlen(initial)) : auth_challenge(c, "", 0);
+    struct buf dec = {0};
+    const char *final = "535 5.7.8 Authentication credentials invalid";
+    if (!resp)
+        return NULL;
+    char *token = NULL;
+    if (!auth_decode(resp, &dec)) {
+        final = "501 5.5.2 Cannot decode response";
+        goto out;
+    }
+    const char *u = xo ? (strncmp(dec.p, "user=", 5) == 0 ? dec.p + 5 : NULL)
+                       : (strncmp(dec.p, "n,a=", 4) == 0 ? dec.p + 4 : NULL);
+    const char *ue = u ? strchr(u, xo ? '\001' : ',') : NULL;
+    const char *a = strstr(dec.p, "\001auth=Bearer ");
+    const char *ae = a ? strchr(a + 13, '\001') : NULL;
+    if (!ue || !ae) {
+        final = "501 5.5.2 Malformed response";
+        goto out;
+    }
+    *user = xstrndup(u, (size_t)(ue - u));
+    token = xstrndup(a + 13, (size_t)(ae - a - 13));
+    const char *want = user_pass(&c->srv->script, *user);
+    conn_event(c, "auth token=%s", token);
+    if (want && strcmp(want, token) == 0) {
+        final = "235 2.7.0 Authentication successful";
+        goto out;
+    }
+    const char *json =
+        xo ? "{\"status\":\"401\",\"schemes\":\"Bearer\",\"scope\":\"https://mail.google.com/\"}"
+           : "{\"status\":\"invalid_token\",\"scope\":\"mail\"}";
+    free(resp);
+    resp = auth_challenge(c, json, strlen(json));
+    if (!resp)
+        final = NULL;
+    else if (xo ? *resp != '\0' : strcmp(resp, "AQ==") != 0)
+        conn_event(c, "auth error-ack-unexpected resp=%s", resp);
+out:
+    free(token);
+    free(resp);
+    buf_free(&dec);
+    return final;
+}
+
+static bool auth_challenge_mech(struct conn *c, const struct cmd *cmd, const char *mech,
+                                const char *initial)
+{
+    char *user = NULL;
+    const char *final;
+    if (strncasecmp(mech, "SCRAM-", 6) == 0)
+        final = scram_server(c, mech, initial, &user);
+    else if (strcasecmp(mech, "CRAM-MD5") == 0)
+        final = cram_server(c, &user);
+    else
+        final = token_server(c, mech, initial, &user);
+    if (final == NULL) {
+        free(user);
+        return false;
+    }
+    if (user) {
+        char *esc = escape_dup(user, strlen(user));
+        conn_event(c, "auth %s user=%s mech=%s", final[0] == '2' ? "ok" : "failed", esc, mech);
+        free(esc);
+    }
+    free(user);
+    char cls = respond(c, PH_AUTH, cmd->line, cmd->len, final);
+    if (!cls)
+        return false;
+    if (cls == '2')
+        c->authed = true;
+    return true;
+}
+
 /* Returns false when the connection must close. */
 static bool cmd_auth(struct conn *c, const struct cmd *cmd)
 {
@@ -1171,12 +1531,16 @@ static bool cmd_auth(struct conn *c, const struct cmd *cmd)
         err = "503 5.5.1 Mail transaction in progress";
     else if (!ml)
         err = "501 5.5.4 Syntax: AUTH mechanism";
-    else if (!mech_listed(s->script.auth_mechs, mech) ||
-             (strcasecmp(mech, "PLAIN") != 0 && strcasecmp(mech, "LOGIN") != 0))
+    else if (!mech_listed(s->script.auth_mechs, mech) || !mech_implemented(mech))
         err = "504 5.5.4 Unrecognized authentication type";
     if (err) {
         free(mech);
         return respond(c, PH_AUTH, cmd->line, cmd->len, err) != 0;
+    }
+    if (strcasecmp(mech, "PLAIN") != 0 && strcasecmp(mech, "LOGIN") != 0) {
+        bool alive = auth_challenge_mech(c, cmd, mech, initial);
+        free(mech);
+        return alive;
     }
 
     char *user = NULL, *pass = NULL, *resp = NULL, *resp2 = NULL;

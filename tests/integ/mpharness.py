@@ -450,7 +450,8 @@ class Scope:
 
     def relay(self, port, name="up", options=("extended",), user=None, password="s3cret",
               ca="ca.pem", timeout=5, host="127.0.0.1", mode="relay", extra="",
-              mechanisms=None, pool=None, hosts=None):
+              mechanisms=None, pool=None, hosts=None, allow=None, qualify_domain=None,
+              sender=None, from_header=None, aliases=None, auth_secret=None, tls_extra=""):
         """One relay block for config().  `pool` is a dict of pool settings
         (max_connections=1, ...); `hosts` a list of "host:port" strings that
         replaces host/port (a failover list)."""
@@ -463,17 +464,33 @@ class Scope:
             mech = ""
             if mechanisms:
                 mech = "mechanisms = [ %s ];" % ", ".join('"%s"' % m for m in mechanisms)
-            parts.append('auth = { user = "%s"; password_file = "%s"; %s };'
-                         % (user, self.password_file(password), mech))
-        if ca:
-            parts.append('tls = { ca_file = "%s"; };' % os.path.join(CERTS, ca))
+            # auth_secret: libconfig text replacing password_file, e.g.
+            # 'password_command = "..."; password_command_ttl = 0;'
+            secret = auth_secret if auth_secret is not None else \
+                'password_file = "%s";' % self.password_file(password)
+            parts.append('auth = { user = "%s"; %s %s };' % (user, secret, mech))
+        # tls_extra: more libconfig text inside tls = { }, e.g. 'ciphers = "...";'
+        if ca or tls_extra:
+            parts.append('tls = { %s %s };' % ('ca_file = "%s";' % os.path.join(CERTS, ca)
+                                               if ca else "", tls_extra))
         if pool:
             parts.append("pool = { %s };" % " ".join("%s = %d;" % kv for kv in pool.items()))
+        if allow is not None:
+            parts.append("allow = %s;" % allow_text(allow))
+        if qualify_domain is not None:
+            parts.append('qualify_domain = "%s";' % qualify_domain)
+        if sender is not None:
+            parts.append('sender = "%s";' % sender)
+        if from_header is not None:
+            parts.append('from_header = "%s";' % from_header)
+        if aliases:
+            parts.append("aliases = { %s };"
+                         % " ".join('%s = "%s";' % kv for kv in aliases.items()))
         parts.append(extra)
         return "%s = { %s };" % (name, " ".join(parts))
 
     def config(self, *relays, max_size=36700160, client_timeout=30, log_level="debug",
-               default="up", extra_daemon="", spool=None):
+               default="up", extra_daemon="", spool=None, routes=None, allow=None):
         """`spool` is a dict for the top-level spool section: ints (written
         with an L suffix past 2^31-1) and strings."""
         spool_text = ""
@@ -485,6 +502,12 @@ class Scope:
                 else:
                     items.append("%s = %d%s;" % (k, v, "L" if v > 2147483647 else ""))
             spool_text = "spool = { %s };\n" % " ".join(items)
+        if allow is not None:
+            extra_daemon += " allow = %s;" % allow_text(allow)
+        if routes:
+            spool_text += "routes = ( %s );\n" % ", ".join(
+                "{ %s }" % " ".join('%s = %s;' % (k, v if isinstance(v, int) else '"%s"' % v)
+                                    for k, v in r.items()) for r in routes)
         if "control_socket" not in extra_daemon:
             extra_daemon += ' control_socket = "@CONTROL@";'
         if "spool_dir" not in extra_daemon:
@@ -549,6 +572,16 @@ class Scope:
             p.maildir = maildir
             return p
         raise last
+
+
+def allow_text(allow):
+    """An allow group from {"users": [...], "groups": [...]} (names or ids)."""
+    def items(v):
+        return ", ".join(str(x) if isinstance(x, int) else '"%s"' % x for x in v)
+    def agg(v):  # libconfig arrays hold one type; a list may mix names and ids
+        same = len(set(type(x) for x in v)) <= 1
+        return ("[ %s ]" if same else "( %s )") % items(v)
+    return "{ %s }" % " ".join("%s = %s;" % (k, agg(v)) for k, v in allow.items())
 
 
 def expect_codes(replies, codes, what="results"):
