@@ -23,6 +23,9 @@
 #define PROG "mailpoolctl"
 /* How long to wait for the daemon's answer. */
 #define ANSWER_TIMEOUT_MS 15000
+/* "test RELAY" runs a whole session first; the daemon bounds it by 300 seconds. */
+#define TEST_ANSWER_TIMEOUT_MS 330000
+static int answer_timeout_ms = ANSWER_TIMEOUT_MS;
 
 /* What went wrong, mapped to an exit status in one place: exit_code(). */
 enum outcome {
@@ -32,6 +35,7 @@ enum outcome {
     OUT_UNAVAILABLE, /* the daemon is not reachable or did not answer */
     OUT_REFUSED,     /* the daemon answered {"ok":false} */
     OUT_PROTOCOL,    /* the answer is not what the protocol says */
+    OUT_DENIED,      /* the socket or the daemon refused us for who we are */
     OUT_OSERR,       /* out of memory and the like */
 };
 
@@ -50,6 +54,8 @@ static int exit_code(enum outcome o)
         return 1;
     case OUT_PROTOCOL:
         return EX_PROTOCOL;
+    case OUT_DENIED:
+        return EX_NOPERM;
     case OUT_OSERR:
         return EX_OSERR;
     }
@@ -74,7 +80,9 @@ static void usage(FILE *f)
                "  hold ID              keep a message from delivery until released\n"
                "  release ID           let a held message go again\n"
                "  delete ID            remove a message from the queue for good\n"
-               "  reload               re-read the configuration (a bad one is refused)\n");
+               "  reload               re-read the configuration (a bad one is refused)\n"
+               "  metrics              counters in the Prometheus text exposition format\n"
+               "  test RELAY           connect, TLS, EHLO and AUTH as delivery would; no mail\n");
 }
 
 static void complain(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -139,9 +147,12 @@ static enum outcome connect_socket(const char *path, int *fdp)
     if (connect(fd, (struct sockaddr *)&sun, sizeof(sun)) != 0) {
         int e = errno;
         complain("cannot reach mailpoold at %s: %s%s", path, strerror(e),
-                 e == ENOENT || e == ECONNREFUSED ? " (is mailpoold running?)" : "");
+                 e == ENOENT || e == ECONNREFUSED ? " (is mailpoold running?)"
+                 : e == EACCES || e == EPERM      ? " (only root, mailpoold's user and "
+                                                    "daemon.control_group may use it)"
+                                                  : "");
         close(fd);
-        return OUT_UNAVAILABLE;
+        return e == EACCES || e == EPERM ? OUT_DENIED : OUT_UNAVAILABLE;
     }
     *fdp = fd;
     return OUT_OK;
@@ -174,12 +185,12 @@ static enum outcome read_answer(int fd, const char *path, char **out, size_t *ou
         return OUT_OSERR;
     for (;;) {
         struct pollfd pfd = {.fd = fd, .events = POLLIN};
-        int r = poll(&pfd, 1, ANSWER_TIMEOUT_MS);
+        int r = poll(&pfd, 1, answer_timeout_ms);
         if (r < 0 && errno == EINTR)
             continue;
         if (r == 0) {
             complain("mailpoold at %s did not answer within %d seconds", path,
-                     ANSWER_TIMEOUT_MS / 1000);
+                     answer_timeout_ms / 1000);
             free(buf);
             return OUT_UNAVAILABLE;
         }
@@ -357,6 +368,27 @@ static const char *seconds_text(long long s, char *buf)
     return buf;
 }
 
+/* A member holding a byte count as "812 B", "4.0 KiB", "12.5 MiB"; "-" when absent. */
+static const char *size_text(const struct json_value *obj, const char *key, char *buf)
+{
+    static const char *const units[] = {"KiB", "MiB", "GiB", "TiB"};
+    long long n;
+    if (json_get_int(obj, key, &n) != 0 || n < 0)
+        return "-";
+    if (n < 1024) {
+        snprintf(buf, NUM_TEXT, "%lld B", n);
+        return buf;
+    }
+    double v = (double)n / 1024;
+    size_t u = 0;
+    while (v >= 1024 && u + 1 < sizeof(units) / sizeof(units[0])) {
+        v /= 1024;
+        u++;
+    }
+    snprintf(buf, NUM_TEXT, "%.1f %s", v, units[u]);
+    return buf;
+}
+
 /* A member holding seconds, as seconds_text() writes them; "-" when absent. */
 static const char *duration_text(const struct json_value *obj, const char *key, char *buf)
 {
@@ -374,6 +406,7 @@ static enum outcome print_status(const struct json_value *v)
         {"version", "version"},   {"pid", "pid"},           {"uptime", "uptime"},
         {"clients", "clients"},   {"busy_clients", "busy"}, {"relays", "relays"},
         {"sessions", "sessions"}, {"waiting", "waiting"},   {"messages", "messages"},
+        {"queued", "queued"},
     };
     struct table t = {.ncols = 2};
     enum outcome o = OUT_OK;
@@ -442,6 +475,28 @@ static char *value_text(const struct json_value *x)
     }
 }
 
+/* The settings of "relays" that hold seconds, shown as durations. */
+static int relay_is_duration(const char *key)
+{
+    static const char *const keys[] = {
+        "timeout",
+        "timeouts.connect",
+        "timeouts.greeting",
+        "timeouts.command",
+        "timeouts.data_block",
+        "timeouts.data_end",
+        "pool.idle_timeout",
+        "pool.keepalive",
+        "pool.max_age",
+        "pool.wait_timeout",
+        "auth.password_command_ttl",
+    };
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
+        if (strcmp(key, keys[i]) == 0)
+            return 1;
+    return 0;
+}
+
 /* Rows "prefix.key  value" for every member of an object, nested objects flattened. */
 static int relay_rows(struct table *t, const char *relay, const char *prefix,
                       const struct json_value *obj)
@@ -454,7 +509,11 @@ static int relay_rows(struct table *t, const char *relay, const char *prefix,
                 return -1;
             continue;
         }
-        char *val = value_text(obj->items[i]);
+        char dur[NUM_TEXT];
+        char *val = relay_is_duration(key) && obj->items[i]->type == JSON_NUMBER &&
+                            obj->items[i]->is_integer && obj->items[i]->integer >= 0
+                        ? strdup(seconds_text(obj->items[i]->integer, dur))
+                        : value_text(obj->items[i]);
         const char *cells[3] = {relay, key, val ? val : "?"};
         int rc = val == NULL ? -1 : table_row(t, cells);
         free(val);
@@ -652,7 +711,7 @@ static enum outcome print_queue(const struct json_value *v)
         const char *cells[NCOL] = {
             json_get_string(m, "id"),
             duration_text(m, "age", text[1]),
-            member_text(m, "size", text[2]),
+            size_text(m, "size", text[2]),
             sender != NULL && sender[0] == '\0' ? "<>" : sender,
             text[4],
             member_text(m, "attempts", text[5]),
@@ -694,7 +753,7 @@ static enum outcome print_message(const struct json_value *v)
         {"age", duration_text(m, "age", text[0])},
         {"sender", sender != NULL && sender[0] == '\0' ? "<>" : sender},
         {"relay", json_get_string(m, "relay")},
-        {"size", member_text(m, "size", text[1])},
+        {"size", size_text(m, "size", text[1])},
         {"attempts", member_text(m, "attempts", text[2])},
         {"next attempt", next_text(m, time(NULL), text[3])},
         {"last error", json_get_string(m, "last_error")},
@@ -734,6 +793,104 @@ static enum outcome print_message(const struct json_value *v)
             table_print(&rt);
     }
     table_free(&rt);
+    return o;
+}
+
+/* "test": the steps with their timing, then what the server showed. */
+static enum outcome print_test(const struct json_value *v, int ok)
+{
+    const struct json_value *steps = json_get(v, "steps");
+    if (steps == NULL || steps->type != JSON_ARRAY) {
+        complain("the answer has no \"steps\"");
+        return OUT_PROTOCOL;
+    }
+    char *relay = NULL, *host = NULL, *err = NULL;
+    const char *r = json_get_string(v, "relay"), *h = json_get_string(v, "host");
+    relay = safe_text(r ? r : "?", strlen(r ? r : "?"));
+    host = safe_text(h ? h : "?", strlen(h ? h : "?"));
+    if (ok) {
+        printf("relay %s, host %s: OK\n", relay ? relay : "?", host ? host : "?");
+    } else {
+        const char *e = json_get_string(v, "error"), *f = json_get_string(v, "failed_step");
+        err = safe_text(e ? e : "?", strlen(e ? e : "?"));
+        printf("relay %s: FAILED at step %s\n  %s\n", relay ? relay : "?", f ? f : "?",
+               err ? err : "?");
+    }
+    free(relay);
+    free(host);
+    free(err);
+
+    enum outcome o = OUT_OK;
+    struct table t = {.ncols = 3};
+    const char *head[] = {"STEP", "HOST", "TIME"};
+    if (table_row(&t, head) != 0)
+        o = OUT_OSERR;
+    for (size_t i = 0; o == OUT_OK && i < steps->count; i++) {
+        const struct json_value *st = steps->items[i];
+        long long us = 0;
+        char ms[NUM_TEXT] = "-";
+        if (json_get_int(st, "usec", &us) == 0)
+            snprintf(ms, sizeof(ms), "%lld.%03lld ms", us / 1000, us % 1000);
+        const char *cells[] = {json_get_string(st, "step"), json_get_string(st, "host"), ms};
+        if (table_row(&t, cells) != 0)
+            o = OUT_OSERR;
+    }
+    long long total = 0;
+    char ms[NUM_TEXT] = "-";
+    if (json_get_int(v, "total_usec", &total) == 0)
+        snprintf(ms, sizeof(ms), "%lld.%03lld ms", total / 1000, total % 1000);
+    const char *tot[] = {"total", "", ms};
+    if (o == OUT_OK && table_row(&t, tot) != 0)
+        o = OUT_OSERR;
+    if (o == OUT_OK)
+        table_print(&t);
+    table_free(&t);
+
+    const struct json_value *caps = json_get(v, "capabilities");
+    if (o == OUT_OK && caps != NULL && caps->type == JSON_ARRAY) {
+        printf("capabilities:\n");
+        for (size_t i = 0; i < caps->count; i++) {
+            const struct json_value *c = caps->items[i];
+            char *text = c->type == JSON_STRING ? safe_text(c->string, c->len) : NULL;
+            printf("  %s\n", text ? text : "?");
+            free(text);
+        }
+    }
+    const struct json_value *tls = json_get(v, "tls");
+    if (o == OUT_OK && tls != NULL && tls->type == JSON_OBJECT) {
+        struct table tt = {.ncols = 2};
+        static const char *const keys[][2] = {
+            {"version", "TLS version"},   {"cipher", "cipher"},
+            {"subject", "subject"},       {"issuer", "issuer"},
+            {"not_before", "not before"}, {"not_after", "not after"},
+            {"pin_sha256", "pin_sha256"}, {"certificate_error", "certificate"},
+        };
+        for (size_t i = 0; o == OUT_OK && i < sizeof(keys) / sizeof(keys[0]); i++) {
+            const char *val = json_get_string(tls, keys[i][0]);
+            const char *cells[] = {keys[i][1], val};
+            if (val != NULL && table_row(&tt, cells) != 0)
+                o = OUT_OSERR;
+            if (i == 3) { /* the names the certificate is good for, after its issuer */
+                const struct json_value *san = json_get(tls, "san");
+                for (size_t k = 0; o == OUT_OK && san && san->type == JSON_ARRAY && k < san->count;
+                     k++) {
+                    const struct json_value *n = san->items[k];
+                    const char *row[] = {k == 0 ? "subjectAltName" : "",
+                                         n->type == JSON_STRING ? n->string : "?"};
+                    if (table_row(&tt, row) != 0)
+                        o = OUT_OSERR;
+                }
+            }
+        }
+        if (o == OUT_OK)
+            table_print(&tt);
+        table_free(&tt);
+    } else if (o == OUT_OK && tls != NULL) {
+        printf("TLS: none\n");
+    }
+    const char *mech = json_get_string(v, "auth_mechanism");
+    if (o == OUT_OK)
+        printf("AUTH: %s\n", mech ? mech : "none");
     return o;
 }
 
@@ -803,21 +960,47 @@ static enum outcome run(const char *path, const char *request, const char *comma
         free(answer);
         return OUT_PROTOCOL;
     }
+    /* An answer without "v" is from a daemon older than the versioned protocol. */
+    long long pv = 1;
+    if (json_get(v, "v") != NULL && (json_get_int(v, "v", &pv) != 0 || pv != 1)) {
+        complain("mailpoold speaks control protocol version %lld; this " PROG " speaks version 1",
+                 pv);
+        json_value_free(v);
+        free(answer);
+        return OUT_PROTOCOL;
+    }
+    const char *code = ok->boolean ? NULL : json_get_string(v, "code");
+    enum outcome refused =
+        code != NULL && strcmp(code, "permission_denied") == 0 ? OUT_DENIED : OUT_REFUSED;
     if (json) {
         printf("%s\n", answer);
-        o = ok->boolean ? OUT_OK : OUT_REFUSED;
+        o = ok->boolean ? OUT_OK : refused;
+    } else if (strcmp(command, "test") == 0 && json_get(v, "steps") != NULL) {
+        /* A failed test still has its report; the exit status says it failed. */
+        o = print_test(v, ok->boolean);
+        if (o == OUT_OK && !ok->boolean)
+            o = refused;
     } else if (!ok->boolean) {
         const struct json_value *e = json_get(v, "error");
         char *msg = e != NULL && e->type == JSON_STRING ? safe_text(e->string, e->len) : NULL;
         complain("%s", msg != NULL ? msg : "the daemon refused the command");
         free(msg);
-        o = OUT_REFUSED;
+        o = refused;
     } else if (strcmp(command, "status") == 0) {
         o = print_status(v);
     } else if (strcmp(command, "pool") == 0) {
         o = print_pool(v);
     } else if (strcmp(command, "relays") == 0) {
         o = print_relays(v);
+    } else if (strcmp(command, "metrics") == 0) {
+        /* Raw exposition text, for scrapers that run commands (node_exporter textfiles). */
+        const struct json_value *t = json_get(v, "text");
+        if (t == NULL || t->type != JSON_STRING) {
+            complain("the answer has no \"text\"");
+            o = OUT_PROTOCOL;
+        } else {
+            fwrite(t->string, 1, t->len, stdout);
+        }
     } else if (strcmp(command, "queue") == 0 && json_get(v, "message") != NULL) {
         o = print_message(v);
     } else if (strcmp(command, "queue") == 0) {
@@ -897,6 +1080,8 @@ int main(int argc, char **argv)
         usage(stderr);
         return exit_code(OUT_USAGE);
     }
+    if (strcmp(argv[optind], "test") == 0)
+        answer_timeout_ms = TEST_ANSWER_TIMEOUT_MS;
     char *request = build_request(argc - optind, argv + optind);
     if (request == NULL)
         return exit_code(OUT_USAGE);

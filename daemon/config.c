@@ -1438,6 +1438,12 @@ static void free_routing(struct config *cfg)
     }
     free(cfg->routes);
     free_access_list(&cfg->allow);
+    for (size_t i = 0; i < cfg->nsender_map; i++) {
+        for (size_t k = 0; k < cfg->sender_map[i].naddrs; k++)
+            free(cfg->sender_map[i].addrs[k]);
+        free(cfg->sender_map[i].addrs);
+    }
+    free(cfg->sender_map);
     for (size_t i = 0; i < cfg->nrelays; i++)
         free_relay_routing(&cfg->relays[i]);
 }
@@ -1534,8 +1540,9 @@ static int read_relay(struct loader *ld, const config_setting_t *rs, struct rela
 /* ---- daemon section ----------------------------------------------------- */
 
 static const char *const daemon_keys[] = {
-    "hostname",    "submit_socket",  "control_socket", "spool_dir", "max_message_size",
-    "max_clients", "client_timeout", "log_level",      "allow",     NULL,
+    "hostname",    "submit_socket",  "control_socket",      "spool_dir", "max_message_size",
+    "max_clients", "client_timeout", "log_level",           "allow",     "sender_policy",
+    "sender_map",  "control_group",  "control_max_per_uid", NULL,
 };
 static const char *const daemon_later[] = {NULL};
 static const char *const top_keys[] = {
@@ -1621,6 +1628,97 @@ out:
     return 0;
 }
 
+/* daemon.sender_map = { USER = [ "addr", "@domain", "<>" ]; ... }: names resolved now. */
+static int read_sender_map(struct loader *ld, const config_setting_t *ds, struct config *cfg)
+{
+    config_setting_t *ms;
+    int got = get_group(ld, ds, "sender_map", "sender_map", &ms);
+    if (got <= 0)
+        return got;
+    int n = config_setting_length(ms);
+    cfg->sender_map = calloc(n > 0 ? (size_t)n : 1, sizeof(*cfg->sender_map));
+    if (!cfg->sender_map) {
+        ld->oom = 1;
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        const config_setting_t *u = config_setting_get_elem(ms, (unsigned)i);
+        const char *name = config_setting_name(u);
+        struct sender_map_entry *e = &cfg->sender_map[cfg->nsender_map++];
+        unsigned long id;
+        if (parse_id(name, &id)) {
+            e->uid = (uid_t)id;
+        } else {
+            const struct passwd *pw = getpwnam(name);
+            if (!pw)
+                return fail(ld, u, "'sender_map': no such user '%s'", name);
+            e->uid = pw->pw_uid;
+        }
+        int single = config_setting_type(u) == CONFIG_TYPE_STRING;
+        if (!single && !config_setting_is_array(u) && !config_setting_is_list(u))
+            return fail(ld, u, "'sender_map.%s' must be a list of addresses [ \"...\", ... ]",
+                        name);
+        int m = single ? 1 : config_setting_length(u);
+        e->addrs = calloc(m > 0 ? (size_t)m : 1, sizeof(*e->addrs));
+        if (!e->addrs) {
+            ld->oom = 1;
+            return -1;
+        }
+        for (int k = 0; k < m; k++) {
+            const config_setting_t *a = single ? u : config_setting_get_elem(u, (unsigned)k);
+            const char *v =
+                config_setting_type(a) == CONFIG_TYPE_STRING ? config_setting_get_string(a) : NULL;
+            if (!v || !*v)
+                return fail(ld, a, "'sender_map.%s' must contain only non-empty strings", name);
+            for (const char *p = v; *p; p++)
+                if ((unsigned char)*p <= 0x20 || (unsigned char)*p == 0x7f)
+                    return fail(ld, a,
+                                "'sender_map.%s': an address must not contain spaces or "
+                                "control characters",
+                                name);
+            if (strcmp(v, "<>") != 0 && !strchr(v, '@'))
+                return fail(ld, a,
+                            "'sender_map.%s': \"%s\" is not an address, \"@domain\" or \"<>\"",
+                            name, v);
+            if (!(e->addrs[e->naddrs] = xstrdup(ld, v)))
+                return -1;
+            e->naddrs++;
+        }
+    }
+    return 0;
+}
+
+/* sender_policy, sender_map, control_group and control_max_per_uid. */
+static int read_access_keys(struct loader *ld, const config_setting_t *ds, struct config *cfg)
+{
+    cfg->control_max_per_uid = 8;
+    if (!ds)
+        return 0;
+    const char *v = NULL;
+    const config_setting_t *s = NULL;
+    int got = get_string(ld, ds, "sender_policy", "sender_policy", &v, &s);
+    if (got < 0)
+        return -1;
+    if (got && strcmp(v, "own") == 0)
+        cfg->sender_policy_own = 1;
+    else if (got && strcmp(v, "any") != 0)
+        return fail(ld, s, "'sender_policy' must be \"any\" or \"own\"");
+    if (read_sender_map(ld, ds, cfg) < 0)
+        return -1;
+    const config_setting_t *g = config_setting_get_member(ds, "control_group");
+    if (g) {
+        unsigned long id;
+        if (read_id(ld, g, "control_group", 1, &id) < 0)
+            return -1;
+        cfg->has_control_group = 1;
+        cfg->control_group = (gid_t)id;
+    }
+    if (get_uint(ld, ds, "control_max_per_uid", "control_max_per_uid", 1, 1024,
+                 &cfg->control_max_per_uid) < 0)
+        return -1;
+    return 0;
+}
+
 static int read_daemon(struct loader *ld, const config_setting_t *root, struct config *cfg)
 {
     config_setting_t *ds;
@@ -1632,6 +1730,8 @@ static int read_daemon(struct loader *ld, const config_setting_t *root, struct c
     int rc = read_daemon_keys(ld, ds, cfg);
     if (rc == 0 && ds)
         rc = read_access_list(ld, ds, "daemon.allow", &cfg->allow);
+    if (rc == 0)
+        rc = read_access_keys(ld, ds, cfg);
     ld->scope = NULL;
     return rc;
 }

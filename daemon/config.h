@@ -74,6 +74,17 @@ struct access_list {
     size_t ngids;
 };
 
+/*
+ * daemon.sender_map: the envelope senders one local user may use besides
+ * its own name under sender_policy "own".  An address, "@domain" (any
+ * local part there) or "<>".
+ */
+struct sender_map_entry {
+    uid_t uid;
+    char **addrs;
+    size_t naddrs;
+};
+
 /* How a relay's From header is fixed (rewrite.c). */
 enum from_header_mode { FROM_HEADER_KEEP = 0, FROM_HEADER_REWRITE, FROM_HEADER_ADD_IF_MISSING };
 
@@ -194,6 +205,16 @@ struct config {
     struct access_list allow; /* who may submit at all */
     struct route_rule *routes;
     size_t nroutes;
+
+    /* Envelope sender checks at MAIL FROM (route_sender_allowed()). */
+    int sender_policy_own; /* daemon.sender_policy = "own"; 0: "any" */
+    struct sender_map_entry *sender_map;
+    size_t nsender_map;
+
+    /* The control socket: who besides root and the daemon's user, and how many each. */
+    int has_control_group;
+    gid_t control_group;          /* daemon.control_group, resolved at load */
+    unsigned control_max_per_uid; /* default 8 */
 };
 
 /*

@@ -23,12 +23,15 @@
 #include "config.h"
 #include "json.h"
 #include "log.h"
+#include "metrics.h"
 #include "pool.h"
+#include "probe.h"
 #include "proto.h"
 #include "proxy.h"
 #include "queue.h"
 #include "spool.h"
 #include "submit.h"
+#include "upstream.h"
 
 /* A client must complete a request line within this time, or it is dropped. */
 #define CTL_IDLE_SECONDS 5
@@ -51,6 +54,27 @@
 /* Words in one request line, the command name included. */
 #define CTL_MAX_WORDS 16
 
+/*
+ * The protocol version every answer carries as "v".  It changes only when
+ * an existing member changes meaning or goes away; new members and new
+ * commands keep it.
+ */
+#define CTL_PROTOCOL_VERSION 1
+
+/* The machine codes of error answers; documented in mailpoolctl(1), never renamed. */
+#define CTL_E_UNKNOWN "unknown_command"
+#define CTL_E_BAD "bad_request"
+#define CTL_E_DENIED "permission_denied"
+#define CTL_E_NO_MESSAGE "no_such_message"
+#define CTL_E_NO_RELAY "no_such_relay"
+#define CTL_E_BUSY "busy"
+#define CTL_E_STATE "wrong_state"
+#define CTL_E_RELOAD "reload_failed"
+#define CTL_E_UNAVAILABLE "unavailable"
+#define CTL_E_TOO_MANY "too_many_connections"
+#define CTL_E_TIMEOUT "timeout"
+#define CTL_E_INTERNAL "internal_error"
+
 struct control;
 
 struct ctl_conn {
@@ -65,6 +89,14 @@ struct ctl_conn {
     int eof;       /* the client finished sending */
     int closing;   /* no more requests: close once the answers are written */
     int throttled; /* reading paused until the client takes its answers */
+    /*
+     * A command answering later (ctl_defer()): no further request is read
+     * until its answer is queued, so answers keep the order of requests.
+     * cancel(work) stops it when the client goes away first.
+     */
+    int waiting;
+    void (*cancel)(void *work);
+    void *work;
 };
 
 struct control {
@@ -81,6 +113,7 @@ struct control {
 
     control_reload_fn reload; /* the daemon's reload, NULL until set */
     void *reload_arg;
+    struct ctl_conn *current; /* whose request is running, for ctl_defer() */
 };
 
 struct ctl_request {
@@ -99,11 +132,15 @@ struct ctl_command {
     void (*run)(struct control *ctl, const struct ctl_request *req, struct json_writer *w);
 };
 
-static void ctl_error(struct json_writer *w, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
+static void ctl_error(struct json_writer *w, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
-/* {"ok":false,"error":"..."}; the message is built at whatever length it needs. */
-static void ctl_error(struct json_writer *w, const char *fmt, ...)
+/*
+ * {"ok":false,"code":"...","error":"..."}: code is one of the stable
+ * machine codes of mailpoolctl(1) (CTL_E_*), error the text for people,
+ * built at whatever length it needs.
+ */
+static void ctl_error(struct json_writer *w, const char *code, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -112,6 +149,7 @@ static void ctl_error(struct json_writer *w, const char *fmt, ...)
     va_end(ap);
     json_object_begin(w);
     json_kv_bool(w, "ok", 0);
+    json_kv_string(w, "code", code);
     json_kv_string(w, "error", n >= 0 ? msg : "out of memory");
     json_object_end(w);
     if (n >= 0)
@@ -444,23 +482,23 @@ static void count_item(const struct queue_item_info *it, void *arg)
 static void cmd_queue(struct control *ctl, const struct ctl_request *req, struct json_writer *w)
 {
     if (req->argc == 2 || (req->argc == 3 && strcmp(req->argv[1], "show") != 0)) {
-        ctl_error(w, "usage: queue [show ID]");
+        ctl_error(w, CTL_E_BAD, "usage: queue [show ID]");
         return;
     }
     if (ctl->queue == NULL) {
-        ctl_error(w, "the queue is not available");
+        ctl_error(w, CTL_E_UNAVAILABLE, "the queue is not available");
         return;
     }
     struct item_json ij = {.w = w, .now = time(NULL)};
     if (req->argc == 3) {
         const char *id = req->argv[2];
         if (!valid_id(id)) {
-            ctl_error(w, "invalid message id \"%s\"", id);
+            ctl_error(w, CTL_E_BAD, "invalid message id \"%s\"", id);
             return;
         }
         /* Probe first: the answer's shape depends on whether the message exists. */
         if (queue_foreach(ctl->queue, id, count_item, NULL) == 0) {
-            ctl_error(w, "no such message \"%s\"", id);
+            ctl_error(w, CTL_E_NO_MESSAGE, "no such message \"%s\"", id);
             return;
         }
         json_object_begin(w);
@@ -484,16 +522,19 @@ static void cmd_flush(struct control *ctl, const struct ctl_request *req, struct
 {
     const char *target = req->argc == 2 ? req->argv[1] : NULL;
     if (ctl->queue == NULL) {
-        ctl_error(w, "the queue is not available");
+        ctl_error(w, CTL_E_UNAVAILABLE, "the queue is not available");
         return;
     }
     if (target != NULL && !valid_relay_name(target)) {
-        ctl_error(w, "invalid message id or relay name \"%s\"", target);
+        ctl_error(w, CTL_E_BAD, "invalid message id or relay name \"%s\"", target);
         return;
     }
     long n = queue_flush(ctl->queue, target);
     if (n < 0) {
-        ctl_error(w, "no such message or relay \"%s\"", target ? target : "");
+        /* an id-shaped name that is no relay was most likely meant as an id */
+        int as_id = target != NULL && valid_id(target) && config_relay(ctl->cfg, target) == NULL;
+        ctl_error(w, as_id ? CTL_E_NO_MESSAGE : CTL_E_NO_RELAY, "no such message or relay \"%s\"",
+                  target ? target : "");
         return;
     }
     log_info("control: flush %s: %ld messages", target ? target : "all", n);
@@ -513,25 +554,25 @@ static void queue_cmd_answer(struct json_writer *w, int rc, const char *id, cons
         json_object_end(w);
         return;
     case QUEUE_UNKNOWN:
-        ctl_error(w, "no such message \"%s\"", id);
+        ctl_error(w, CTL_E_NO_MESSAGE, "no such message \"%s\"", id);
         return;
     case QUEUE_BUSY:
-        ctl_error(w, "busy: a delivery attempt is in progress, try again");
+        ctl_error(w, CTL_E_BUSY, "busy: a delivery attempt is in progress, try again");
         return;
     case QUEUE_STATE:
-        ctl_error(w, "%s", state_msg);
+        ctl_error(w, CTL_E_STATE, "%s", state_msg);
         return;
     }
-    ctl_error(w, "internal error");
+    ctl_error(w, CTL_E_INTERNAL, "internal error");
 }
 
 static void cmd_hold(struct control *ctl, const struct ctl_request *req, struct json_writer *w)
 {
     const char *id = req->argv[1];
     if (ctl->queue == NULL)
-        ctl_error(w, "the queue is not available");
+        ctl_error(w, CTL_E_UNAVAILABLE, "the queue is not available");
     else if (!valid_id(id))
-        ctl_error(w, "invalid message id \"%s\"", id);
+        ctl_error(w, CTL_E_BAD, "invalid message id \"%s\"", id);
     else
         queue_cmd_answer(w, queue_hold(ctl->queue, id), id, "already held");
 }
@@ -540,9 +581,9 @@ static void cmd_release(struct control *ctl, const struct ctl_request *req, stru
 {
     const char *id = req->argv[1];
     if (ctl->queue == NULL)
-        ctl_error(w, "the queue is not available");
+        ctl_error(w, CTL_E_UNAVAILABLE, "the queue is not available");
     else if (!valid_id(id))
-        ctl_error(w, "invalid message id \"%s\"", id);
+        ctl_error(w, CTL_E_BAD, "invalid message id \"%s\"", id);
     else
         queue_cmd_answer(w, queue_release(ctl->queue, id), id, "not held");
 }
@@ -551,9 +592,9 @@ static void cmd_delete(struct control *ctl, const struct ctl_request *req, struc
 {
     const char *id = req->argv[1];
     if (ctl->queue == NULL)
-        ctl_error(w, "the queue is not available");
+        ctl_error(w, CTL_E_UNAVAILABLE, "the queue is not available");
     else if (!valid_id(id))
-        ctl_error(w, "invalid message id \"%s\"", id);
+        ctl_error(w, CTL_E_BAD, "invalid message id \"%s\"", id);
     else
         queue_cmd_answer(w, queue_delete(ctl->queue, id), id, "cannot delete it now");
 }
@@ -561,14 +602,14 @@ static void cmd_delete(struct control *ctl, const struct ctl_request *req, struc
 static void cmd_reload(struct control *ctl, const struct ctl_request *req, struct json_writer *w)
 {
     if (ctl->reload == NULL) {
-        ctl_error(w, "reload is not available");
+        ctl_error(w, CTL_E_UNAVAILABLE, "reload is not available");
         return;
     }
     struct pool_reload_stats st;
     char err[1024];
     /* The daemon logs the outcome; this answer tells the operator who asked. */
     if (ctl->reload(ctl->reload_arg, &st, err, sizeof(err)) != 0) {
-        ctl_error(w, "%s", err);
+        ctl_error(w, CTL_E_RELOAD, "%s", err);
         return;
     }
     json_object_begin(w);
@@ -580,13 +621,70 @@ static void cmd_reload(struct control *ctl, const struct ctl_request *req, struc
     json_object_end(w);
 }
 
+/* The Prometheus text, as one JSON string (mailpoolctl prints it raw). */
+static void cmd_metrics(struct control *ctl, const struct ctl_request *req, struct json_writer *w)
+{
+    struct evbuffer *text = evbuffer_new();
+    if (text == NULL || metrics_render(text, ctl->pool, ctl->queue) != 0) {
+        if (text != NULL)
+            evbuffer_free(text);
+        ctl_error(w, CTL_E_INTERNAL, "out of memory");
+        return;
+    }
+    size_t len = evbuffer_get_length(text);
+    const char *s = (const char *)evbuffer_pullup(text, -1);
+    json_object_begin(w);
+    json_kv_bool(w, "ok", 1);
+    json_key(w, "text");
+    json_string_len(w, s ? s : "", s ? len : 0);
+    json_object_end(w);
+    evbuffer_free(text);
+}
+
+/* ---- answering later -------------------------------------------------------- */
+
+static struct ctl_conn *ctl_defer(struct control *ctl, void (*cancel)(void *work), void *work);
+static void ctl_answer_later(struct ctl_conn *c, struct evbuffer *answer);
+
+static void test_done(struct evbuffer *answer, void *arg)
+{
+    ctl_answer_later(arg, answer);
+}
+
+static void test_cancel(void *work)
+{
+    probe_cancel(work);
+}
+
+/* "test RELAY": a probe session (probe.c); the answer comes when it is over. */
+static void cmd_test(struct control *ctl, const struct ctl_request *req, struct json_writer *w)
+{
+    const char *name = req->argv[1];
+    struct upstream_params params;
+    if (!valid_relay_name(name)) {
+        ctl_error(w, CTL_E_BAD, "invalid relay name \"%s\"", name);
+        return;
+    }
+    if (pool_probe_params(ctl->pool, name, &params) != 0) {
+        ctl_error(w, CTL_E_NO_RELAY, "no such relay \"%s\"", name);
+        return;
+    }
+    struct probe *pr = probe_start(&params, test_done, ctl->current);
+    if (pr == NULL) {
+        ctl_error(w, CTL_E_INTERNAL, "out of memory");
+        return;
+    }
+    ctl_defer(ctl, test_cancel, pr);
+}
+
 /* Later commands (relays, reload, test, metrics ...) join this table. */
 static const struct ctl_command commands[] = {
     {"status", 0, 0, "status", cmd_status},        {"pool", 0, 0, "pool", cmd_pool},
     {"queue", 0, 2, "queue [show ID]", cmd_queue}, {"flush", 0, 1, "flush [ID|RELAY]", cmd_flush},
     {"hold", 1, 1, "hold ID", cmd_hold},           {"release", 1, 1, "release ID", cmd_release},
     {"delete", 1, 1, "delete ID", cmd_delete},     {"reload", 0, 0, "reload", cmd_reload},
-    {"relays", 0, 0, "relays", cmd_relays},
+    {"relays", 0, 0, "relays", cmd_relays},        {"metrics", 0, 0, "metrics", cmd_metrics},
+    {"test", 1, 1, "test RELAY", cmd_test},
 };
 
 /* ---- requests --------------------------------------------------------------- */
@@ -616,11 +714,11 @@ static void request_run(struct ctl_conn *c, char *line, struct json_writer *w)
 {
     struct ctl_request req;
     if (request_split(line, &req) != 0) {
-        ctl_error(w, "too many words in the request (at most %d)", CTL_MAX_WORDS);
+        ctl_error(w, CTL_E_BAD, "too many words in the request (at most %d)", CTL_MAX_WORDS);
         return;
     }
     if (req.argc == 0) {
-        ctl_error(w, "empty request");
+        ctl_error(w, CTL_E_BAD, "empty request");
         return;
     }
     char name[64];
@@ -631,15 +729,33 @@ static void request_run(struct ctl_conn *c, char *line, struct json_writer *w)
             continue;
         int nargs = req.argc - 1;
         if (nargs < cmd->min_args || nargs > cmd->max_args) {
-            ctl_error(w, "usage: %s", cmd->usage);
+            ctl_error(w, CTL_E_BAD, "usage: %s", cmd->usage);
             return;
         }
         log_debug("control client=%lu uid=%u command=%s", c->id, (unsigned)c->uid, name);
+        c->ctl->current = c;
         cmd->run(c->ctl, &req, w);
+        c->ctl->current = NULL;
         return;
     }
     log_debug("control client=%lu uid=%u unknown command=\"%s\"", c->id, (unsigned)c->uid, name);
-    ctl_error(w, "unknown command \"%s\"", req.argv[0]);
+    ctl_error(w, CTL_E_UNKNOWN, "unknown command \"%s\"", req.argv[0]);
+}
+
+/*
+ * Put the protocol version first in a JSON answer: {"v":1,...}.  Done here,
+ * once for every answer, so no command can forget it.
+ */
+static void answer_stamp(struct evbuffer *buf)
+{
+    unsigned char first[2];
+    if (evbuffer_copyout(buf, first, 2) != 2 || first[0] != '{')
+        return;
+    char head[32];
+    int n = snprintf(head, sizeof(head), "{\"v\":%d%s", CTL_PROTOCOL_VERSION,
+                     first[1] == '}' ? "" : ",");
+    evbuffer_drain(buf, 1);
+    evbuffer_prepend(buf, head, (size_t)n);
 }
 
 /* Queue one answer line: the command's JSON, or an error if the writer was misused. */
@@ -654,12 +770,18 @@ static void conn_answer(struct ctl_conn *c, char *line)
     json_writer_init(&w, buf);
     if (line != NULL)
         request_run(c, line, &w);
+    if (c->waiting) {
+        /* ctl_answer_later() queues the answer */
+        evbuffer_free(buf);
+        return;
+    }
     if (json_writer_finish(&w) != 0) {
         log_error("control client=%lu: malformed answer dropped", c->id);
         evbuffer_drain(buf, evbuffer_get_length(buf));
         json_writer_init(&w, buf);
-        ctl_error(&w, "internal error");
+        ctl_error(&w, CTL_E_INTERNAL, "internal error");
     }
+    answer_stamp(buf);
     evbuffer_add(buf, "\n", 1);
     if (bufferevent_write_buffer(c->bev, buf) != 0)
         c->closing = 1;
@@ -667,13 +789,14 @@ static void conn_answer(struct ctl_conn *c, char *line)
 }
 
 /* An error answer that ends the connection (bad input, timeout, refusal). */
-static void conn_fail(struct ctl_conn *c, const char *msg)
+static void conn_fail(struct ctl_conn *c, const char *code, const char *msg)
 {
     struct evbuffer *buf = evbuffer_new();
     if (buf != NULL) {
         struct json_writer w;
         json_writer_init(&w, buf);
-        ctl_error(&w, "%s", msg);
+        ctl_error(&w, code, "%s", msg);
+        answer_stamp(buf);
         evbuffer_add(buf, "\n", 1);
         bufferevent_write_buffer(c->bev, buf);
         evbuffer_free(buf);
@@ -699,7 +822,7 @@ static void conn_process(struct ctl_conn *c)
 {
     struct evbuffer *in = bufferevent_get_input(c->bev);
     struct evbuffer *out = bufferevent_get_output(c->bev);
-    while (!c->closing) {
+    while (!c->closing && !c->waiting) {
         if (evbuffer_get_length(out) >= CTL_MAX_PENDING) {
             c->throttled = 1;
             bufferevent_disable(c->bev, EV_READ);
@@ -723,7 +846,7 @@ static void conn_process(struct ctl_conn *c)
             log_info("control client=%lu sent a line over %d bytes: closing", c->id,
                      MAILPOOL_MAX_CONTROL_LINE);
             evbuffer_drain(in, avail);
-            conn_fail(c, "request line too long");
+            conn_fail(c, CTL_E_BAD, "request line too long");
             return;
         }
         char line[MAILPOOL_MAX_CONTROL_LINE + 2];
@@ -736,13 +859,13 @@ static void conn_process(struct ctl_conn *c)
             log_info("control client=%lu sent a line over %d bytes: closing", c->id,
                      MAILPOOL_MAX_CONTROL_LINE);
             evbuffer_drain(in, evbuffer_get_length(in));
-            conn_fail(c, "request line too long");
+            conn_fail(c, CTL_E_BAD, "request line too long");
             return;
         }
         if (!printable(line, len)) {
             log_info("control client=%lu sent binary data: closing", c->id);
             evbuffer_drain(in, evbuffer_get_length(in));
-            conn_fail(c, "invalid request: not a line of printable ASCII");
+            conn_fail(c, CTL_E_BAD, "invalid request: not a line of printable ASCII");
             return;
         }
         struct timeval tv = {CTL_IDLE_SECONDS, 0};
@@ -758,6 +881,11 @@ static void conn_free(struct ctl_conn *c)
     struct control *ctl = c->ctl;
     TAILQ_REMOVE(&ctl->conns, c, entry);
     ctl->nconns--;
+    if (c->waiting) {
+        log_debug("control client=%lu left before its answer", c->id);
+        c->waiting = 0;
+        c->cancel(c->work);
+    }
     event_free(c->deadline);
     bufferevent_free(c->bev);
     log_debug("control client=%lu closed", c->id);
@@ -788,13 +916,63 @@ static void conn_discard_input(struct ctl_conn *c)
  */
 static void conn_settle(struct ctl_conn *c)
 {
-    if (c->closing) {
+    if (c->closing && !c->waiting) {
         bufferevent_disable(c->bev, EV_READ);
         if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
             conn_discard_input(c);
             conn_free(c);
         }
     }
+}
+
+/*
+ * The running command answers later: its connection reads no more requests
+ * (so answers stay in order) and has no idle deadline until
+ * ctl_answer_later(); cancel(work) runs if the client leaves first.
+ */
+static struct ctl_conn *ctl_defer(struct control *ctl, void (*cancel)(void *work), void *work)
+{
+    struct ctl_conn *c = ctl->current;
+    c->waiting = 1;
+    c->cancel = cancel;
+    c->work = work;
+    evtimer_del(c->deadline);
+    return c;
+}
+
+/*
+ * The deferred answer (a JSON object; NULL when it could not be made):
+ * queue it, then go on with the requests the client sent meanwhile.
+ */
+static void ctl_answer_later(struct ctl_conn *c, struct evbuffer *answer)
+{
+    c->waiting = 0;
+    c->cancel = NULL;
+    c->work = NULL;
+    struct evbuffer *buf = evbuffer_new();
+    if (buf == NULL) {
+        c->closing = 1;
+    } else {
+        if (answer == NULL || evbuffer_add_buffer(buf, answer) != 0) {
+            struct json_writer w;
+            evbuffer_drain(buf, evbuffer_get_length(buf));
+            json_writer_init(&w, buf);
+            ctl_error(&w, CTL_E_INTERNAL, "out of memory");
+        }
+        answer_stamp(buf);
+        evbuffer_add(buf, "\n", 1);
+        if (bufferevent_write_buffer(c->bev, buf) != 0)
+            c->closing = 1;
+        evbuffer_free(buf);
+    }
+    if (!c->closing) {
+        struct timeval tv = {CTL_IDLE_SECONDS, 0};
+        evtimer_add(c->deadline, &tv);
+        conn_process(c);
+        if (c->eof && !c->waiting)
+            c->closing = 1;
+    }
+    conn_settle(c);
 }
 
 static void conn_read_cb(struct bufferevent *bev, void *arg)
@@ -825,7 +1003,9 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
         /* The client may have only shut down its side: answer what it sent, then close. */
         c->eof = 1;
         conn_process(c);
-        c->closing = 1;
+        /* A deferred answer still comes; the requests after it are read then. */
+        if (!c->waiting)
+            c->closing = 1;
         conn_settle(c);
         return;
     }
@@ -842,14 +1022,73 @@ static void conn_deadline_cb(evutil_socket_t fd, short what, void *arg)
     if (c->closing)
         return;
     log_info("control client=%lu sent no request for %d seconds: closing", c->id, CTL_IDLE_SECONDS);
-    conn_fail(c, "timed out waiting for a request");
+    conn_fail(c, CTL_E_TIMEOUT, "timed out waiting for a request");
     conn_settle(c);
 }
 
-/* Root, the daemon's own user, or its group (the group the socket is for). */
-static int peer_allowed(uid_t uid, gid_t gid)
+/*
+ * The peer's supplementary groups (SO_PEERGROUPS, Linux 4.13), so that
+ * daemon.control_group needs no NSS lookup.  Returns the count (0 when the
+ * kernel cannot tell) with *out malloc'd, or -1 when out of memory.
+ */
+static int peer_groups(int fd, gid_t **out)
 {
-    return uid == 0 || uid == geteuid() || gid == getegid();
+    *out = NULL;
+#ifdef SO_PEERGROUPS
+    socklen_t len = 64 * sizeof(gid_t);
+    for (int tries = 0; tries < 4; tries++) {
+        gid_t *g = malloc(len);
+        if (g == NULL)
+            return -1;
+        socklen_t got = len;
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, g, &got) == 0) {
+            *out = g;
+            return (int)(got / sizeof(gid_t));
+        }
+        free(g);
+        if (errno != ERANGE)
+            return 0;
+        len = got > len ? got : len * 2;
+    }
+#else
+    (void)fd;
+#endif
+    return 0;
+}
+
+/*
+ * Root, the daemon's own user, its group (the socket's group by default),
+ * or daemon.control_group as primary or supplementary group.
+ */
+static int peer_allowed(const struct control *ctl, int fd, uid_t uid, gid_t gid)
+{
+    if (uid == 0 || uid == geteuid() || gid == getegid())
+        return 1;
+    if (!ctl->cfg->has_control_group)
+        return 0;
+    gid_t want = ctl->cfg->control_group;
+    if (gid == want)
+        return 1;
+    gid_t *groups;
+    int n = peer_groups(fd, &groups);
+    int in = 0;
+    for (int i = 0; i < n && !in; i++)
+        in = groups[i] == want;
+    free(groups);
+    return in;
+}
+
+/* Connections this uid has open now (root has no cap of its own: CTL_MAX_CONNS bounds it). */
+static unsigned conns_of(const struct control *ctl, uid_t uid)
+{
+    unsigned n = 0;
+    const struct ctl_conn *c;
+    TAILQ_FOREACH(c, &ctl->conns, entry)
+    {
+        if (c->uid == uid && !c->closing)
+            n++;
+    }
+    return n;
 }
 
 static void control_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
@@ -857,7 +1096,8 @@ static void control_accept_cb(struct evconnlistener *l, evutil_socket_t fd, stru
 {
     struct control *ctl = arg;
     if (ctl->nconns >= CTL_MAX_CONNS) {
-        static const char busy[] = "{\"ok\":false,\"error\":\"too many control connections\"}\n";
+        static const char busy[] = "{\"v\":1,\"ok\":false,\"code\":\"too_many_connections\","
+                                   "\"error\":\"too many control connections\"}\n";
         ssize_t n = send(fd, busy, sizeof(busy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
         (void)n;
         close(fd);
@@ -894,11 +1134,25 @@ static void control_accept_cb(struct evconnlistener *l, evutil_socket_t fd, stru
     bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
     struct timeval wtv = {CTL_WRITE_SECONDS, 0};
     bufferevent_set_timeouts(c->bev, NULL, &wtv);
-    if (!have_cred || !peer_allowed(c->uid, c->gid)) {
-        log_warn("control client=%lu refused: uid=%d gid=%d pid=%d", c->id,
+    if (!have_cred || !peer_allowed(ctl, fd, c->uid, c->gid)) {
+        log_warn("control client=%lu refused: uid=%d gid=%d pid=%d: permission denied", c->id,
                  have_cred ? (int)c->uid : -1, have_cred ? (int)c->gid : -1, (int)c->pid);
         bufferevent_enable(c->bev, EV_WRITE);
-        conn_fail(c, "permission denied");
+        conn_fail(c, CTL_E_DENIED, "permission denied");
+        conn_settle(c);
+        return;
+    }
+    /* this connection is in the list already, hence ">" */
+    unsigned max = ctl->cfg->control_max_per_uid;
+    if (c->uid != 0 && max > 0 && conns_of(ctl, c->uid) > max) {
+        log_warn("control client=%lu refused: uid=%u has %u connections open "
+                 "(daemon.control_max_per_uid)",
+                 c->id, (unsigned)c->uid, max);
+        bufferevent_enable(c->bev, EV_WRITE);
+        char msg[96];
+        snprintf(msg, sizeof(msg), "too many control connections for uid %u (at most %u)",
+                 (unsigned)c->uid, max);
+        conn_fail(c, CTL_E_TOO_MANY, msg);
         conn_settle(c);
         return;
     }
@@ -950,6 +1204,27 @@ void control_free(struct control *ctl)
 void control_set_config(struct control *ctl, const struct config *cfg)
 {
     ctl->cfg = cfg;
+    /* A running test reads the old relay profile and TLS context, which may go now. */
+    struct ctl_conn *c = TAILQ_FIRST(&ctl->conns);
+    while (c != NULL) {
+        struct ctl_conn *next = TAILQ_NEXT(c, entry);
+        if (c->waiting) {
+            c->waiting = 0;
+            c->cancel(c->work);
+            struct evbuffer *buf = evbuffer_new();
+            if (buf != NULL) {
+                struct json_writer w;
+                json_writer_init(&w, buf);
+                ctl_error(&w, CTL_E_STATE,
+                          "the configuration was reloaded during the test; "
+                          "run it again");
+            }
+            ctl_answer_later(c, buf);
+            if (buf != NULL)
+                evbuffer_free(buf);
+        }
+        c = next;
+    }
 }
 
 void control_set_reload(struct control *ctl, control_reload_fn fn, void *arg)

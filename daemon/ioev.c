@@ -430,6 +430,11 @@ int ioev_tls_resumed(const struct ioev *io)
     return io->tls ? tls_conn_resumed(io->tls) : 0;
 }
 
+int ioev_tls_peer_info(const struct ioev *io, struct tls_peer_info *info)
+{
+    return io->tls ? tls_conn_peer_info(io->tls, info) : -1;
+}
+
 void ioev_set_timeout(struct ioev *io, unsigned ms)
 {
     struct timeval tv;

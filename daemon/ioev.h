@@ -74,6 +74,9 @@ int ioev_is_tls(const struct ioev *io);
 const char *ioev_tls_version(const struct ioev *io); /* NULL when plaintext */
 const char *ioev_tls_cipher(const struct ioev *io);
 int ioev_tls_resumed(const struct ioev *io);
+/* The server certificate (see tls_conn_peer_info()); -1 when plaintext or none. */
+struct tls_peer_info;
+int ioev_tls_peer_info(const struct ioev *io, struct tls_peer_info *info);
 
 /* One-shot deadline: IOEV_TIMEOUT after ms milliseconds; 0 cancels. */
 void ioev_set_timeout(struct ioev *io, unsigned ms);

@@ -9,8 +9,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 static enum log_level current_level = LOG_LVL_INFO;
+/* Written once by log_init() before the loop or any thread starts. */
+static int journal_prefixes = 1;
 
 static const struct {
     const char *word;
@@ -21,6 +25,16 @@ static const struct {
     [LOG_LVL_INFO] = {"info", "<6>"},
     [LOG_LVL_DEBUG] = {"debug", "<7>"},
 };
+
+void log_init(void)
+{
+    const char *js = getenv("JOURNAL_STREAM");
+    unsigned long long dev, ino;
+    struct stat st;
+    journal_prefixes = js != NULL && sscanf(js, "%llu:%llu", &dev, &ino) == 2 &&
+                       fstat(STDERR_FILENO, &st) == 0 && (unsigned long long)st.st_dev == dev &&
+                       (unsigned long long)st.st_ino == ino;
+}
 
 int log_level_parse(const char *word)
 {
@@ -50,7 +64,7 @@ __attribute__((format(printf, 2, 0))) static void log_vmsg(enum log_level level,
         return;
     if ((size_t)n >= sizeof(line))
         memcpy(line + sizeof(line) - 4, "...", 4);
-    fprintf(stderr, "%s%s\n", levels[level].prefix, line);
+    fprintf(stderr, "%s%s\n", journal_prefixes ? levels[level].prefix : "", line);
 }
 
 void log_msg(enum log_level level, const char *fmt, ...)

@@ -11,6 +11,14 @@
 
 enum log_level { LOG_LVL_ERROR = 0, LOG_LVL_WARN, LOG_LVL_INFO, LOG_LVL_DEBUG };
 
+/*
+ * Decide once, at start, whether lines carry the "<N>" priority prefixes:
+ * only when stderr is the journal stream systemd named in $JOURNAL_STREAM
+ * ("DEV:INO"), since anywhere else (a terminal, a log file) they are noise.
+ * Until it is called, every line has them.
+ */
+void log_init(void);
+
 /* Parse "error|warn|info|debug"; returns -1 when the word is unknown. */
 int log_level_parse(const char *word);
 void log_set_level(enum log_level level);

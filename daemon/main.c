@@ -13,9 +13,6 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-#ifdef HAVE_LIBSYSTEMD
-#include <systemd/sd-daemon.h>
-#endif
 
 #include "config.h"
 #include "config_check.h"
@@ -25,6 +22,7 @@
 #include "pool.h"
 #include "queue.h"
 #include "secret.h"
+#include "service.h"
 #include "spool.h"
 #include "submit.h"
 #include "tls.h"
@@ -62,6 +60,8 @@ struct daemon {
     struct event *sigterm, *sigint, *sighup, *drain_timer;
     time_t stop_started;
     struct retired_config *retired;
+    struct service *service;           /* NULL when not run by systemd */
+    int submit_passed, control_passed; /* socket activation: systemd owns the files */
     struct event *retire_timer;
 };
 
@@ -75,11 +75,16 @@ static void usage(FILE *f)
 
 static void notify(const char *state)
 {
-#ifdef HAVE_LIBSYSTEMD
-    sd_notify(0, state);
-#else
-    (void)state;
-#endif
+    service_notify(state);
+}
+
+/* The STATUS= line systemctl status shows. */
+static void status_text(char *buf, size_t len, void *arg)
+{
+    const struct daemon *d = arg;
+    snprintf(buf, len, "%s%zu relays, %zu connections, %zu clients, %zu queued",
+             d->stop_started ? "stopping: " : "", d->cfg->nrelays, pool_sessions(d->pool),
+             submit_clients(d->submit), queue_count(d->queue));
 }
 
 static void drain_check(evutil_socket_t fd, short what, void *arg)
@@ -105,7 +110,7 @@ static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
         event_base_loopexit(d->base, NULL);
         return;
     }
-    log_info("signal %d: stopping; no new clients, finishing messages in flight", (int)sig);
+    log_info("stopping signal=%d: no new clients, finishing messages in flight", (int)sig);
     notify("STOPPING=1");
     d->stop_started = time(NULL);
     submit_stop_accepting(d->submit);
@@ -189,7 +194,7 @@ static int daemon_reload(void *arg, struct pool_reload_stats *st, char *err, siz
         snprintf(err, errlen, "mailpoold is shutting down");
         return -1;
     }
-    notify("RELOADING=1");
+    service_notify_reloading();
     struct config *fresh = config_load(d->cfg->path, err, errlen);
     if (fresh == NULL) {
         log_error("reload refused, keeping the running configuration: %s", err);
@@ -215,6 +220,7 @@ static int daemon_reload(void *arg, struct pool_reload_stats *st, char *err, siz
     log_info("reload: config=%s relays=%zu kept=%zu changed=%zu added=%zu removed=%zu", fresh->path,
              fresh->nrelays, st->kept, st->changed, st->added, st->removed);
     notify("READY=1");
+    service_status_now(d->service);
     return 0;
 }
 
@@ -289,6 +295,7 @@ int main(int argc, char **argv)
     }
     if (check)
         return config_check_main(path);
+    log_init();
 
     struct daemon d;
     memset(&d, 0, sizeof(d));
@@ -340,7 +347,21 @@ int main(int argc, char **argv)
     d.pool = pool_new(d.base, d.dns, d.cfg, err, sizeof(err));
     if (d.pool == NULL)
         fatal("%s", err);
-    d.submit_fd = unix_listen(d.cfg->submit_socket, 0666, err, sizeof(err));
+    /* Under socket activation systemd made the sockets, with the unit's modes and group. */
+    struct service_sockets passed;
+    int npassed =
+        service_listen_fds(d.cfg->submit_socket, d.cfg->control_socket, &passed, err, sizeof(err));
+    if (npassed < 0)
+        fatal("%s", err);
+    d.submit_passed = passed.submit_fd >= 0;
+    d.control_passed = passed.control_fd >= 0;
+    if (npassed > 0)
+        log_info("socket activation: submit=%s control=%s", d.submit_passed ? "passed" : "bound",
+                 d.control_passed ? "passed" : "bound");
+    if (d.submit_passed)
+        d.submit_fd = passed.submit_fd;
+    else
+        d.submit_fd = unix_listen(d.cfg->submit_socket, 0666, err, sizeof(err));
     if (d.submit_fd < 0)
         fatal("submission socket: %s", err);
     struct spool_opts so = {.dir = d.cfg->spool_dir, .min_free = d.cfg->spool.min_free};
@@ -359,7 +380,16 @@ int main(int argc, char **argv)
     if (d.submit == NULL)
         fatal("%s", err);
     /* Mail keeps flowing without the control socket, so failing to create it is not fatal. */
-    d.control_fd = unix_listen(d.cfg->control_socket, 0660, err, sizeof(err));
+    if (d.control_passed)
+        d.control_fd = passed.control_fd;
+    else
+        d.control_fd = unix_listen_group(d.cfg->control_socket, 0660, d.cfg->has_control_group,
+                                         d.cfg->control_group, err, sizeof(err));
+    if (d.control_fd < 0 && !d.control_passed && d.cfg->has_control_group) {
+        /* Root and the daemon's user can still use it; the group is checked per connection. */
+        log_error("daemon.control_group: %s; the socket keeps the daemon's group", err);
+        d.control_fd = unix_listen(d.cfg->control_socket, 0660, err, sizeof(err));
+    }
     if (d.control_fd < 0)
         log_error("control socket disabled: %s", err);
     else if ((d.control = control_new(d.base, d.cfg, d.pool, d.queue, d.submit, d.control_fd, err,
@@ -370,17 +400,23 @@ int main(int argc, char **argv)
 
     log_info("mailpoold %s started config=%s submit_socket=%s relays=%zu", MAILPOOL_VERSION,
              d.cfg->path, d.cfg->submit_socket, d.cfg->nrelays);
+    if (service_start(d.base, status_text, &d, &d.service) != 0)
+        fatal("out of memory");
     notify("READY=1");
     event_base_dispatch(d.base);
+    service_status_now(d.service);
+    service_free(d.service); /* its timers would keep drain_quits() busy */
 
     if (d.control != NULL) {
         control_free(d.control);
         close(d.control_fd);
-        unlink(d.cfg->control_socket);
+        if (!d.control_passed)
+            unlink(d.cfg->control_socket);
     }
     submit_free(d.submit);
     close(d.submit_fd);
-    unlink(d.cfg->submit_socket);
+    if (!d.submit_passed)
+        unlink(d.cfg->submit_socket);
     /* Order matters: see queue.h.  Unfinished deliveries stay pending in the spool. */
     queue_stop(d.queue);
     pool_free(d.pool);
@@ -409,6 +445,6 @@ int main(int argc, char **argv)
         free(r);
     }
     tls_shutdown();
-    log_info("mailpoold stopped");
+    log_info("mailpoold stopped pid=%ld", (long)getpid());
     return 0;
 }

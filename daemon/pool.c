@@ -16,6 +16,7 @@
 #include "config.h"
 #include "log.h"
 #include "message.h"
+#include "metrics.h"
 #include "tls.h"
 #include "upstream.h"
 
@@ -148,6 +149,7 @@ static void job_done_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct pool_job *job = arg;
     job_log(job);
+    metrics_note_message(job->rp->rc->name, job->m, elapsed_ms(&job->start) / 1e3);
     if (job->cb)
         job->cb(job->m, job->arg);
     else
@@ -907,6 +909,24 @@ size_t pool_waiting(const struct pool *p)
     for (size_t i = 0; i < p->nrelays; i++)
         n += p->relays[i].nwaiting;
     return n;
+}
+
+int pool_probe_params(const struct pool *p, const char *relay, struct upstream_params *out)
+{
+    for (size_t i = 0; i < p->nrelays; i++) {
+        const struct relay_pool *rp = &p->relays[i];
+        if (strcmp(rp->rc->name, relay) != 0)
+            continue;
+        memset(out, 0, sizeof(*out));
+        out->base = p->base;
+        out->dns = p->dns;
+        out->relay = rp->rc;
+        out->tls = rp->tls;
+        out->helo_name = rp->rc->helo_name ? rp->rc->helo_name : p->cfg->hostname;
+        out->probe = 1;
+        return 0;
+    }
+    return -1;
 }
 
 size_t pool_relay_count(const struct pool *p)

@@ -102,6 +102,16 @@ int pool_reconfigure(struct pool *p, const struct config *new_cfg, struct pool_r
  */
 size_t pool_config_users(const struct pool *p, const struct config *cfg);
 
+/*
+ * Settings for a probe session of the live relay named `relay` ("test
+ * RELAY"): its profile, TLS context, HELO name, the pool's loop and
+ * resolver, probe set, no host back-off shared with the pool.  The pointers
+ * stay valid until the next pool_reconfigure().  Returns 0, or -1 when no
+ * relay has that name.
+ */
+struct upstream_params;
+int pool_probe_params(const struct pool *p, const char *relay, struct upstream_params *out);
+
 size_t pool_relay_count(const struct pool *p);
 void pool_relay_info(const struct pool *p, size_t i, struct pool_relay_info *out);
 /* Call fn for every session of relay i (no session may be freed meanwhile). */

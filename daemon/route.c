@@ -85,3 +85,34 @@ int route_recipient(const struct config *cfg, const struct route_peer *peer, con
         *source = src;
     return route_peer_allowed(&cfg->relays[idx].allow, peer) ? 0 : -1;
 }
+
+static int map_entry_matches(const char *want, const char *sender)
+{
+    if (strcmp(want, "<>") == 0)
+        return sender[0] == '\0';
+    if (want[0] == '@') /* any local part at that domain */
+        return sender[0] != '\0' && strchr(sender, '@') != NULL &&
+               strcasecmp(want + 1, route_domain(sender)) == 0;
+    return strcasecmp(want, sender) == 0;
+}
+
+int route_sender_allowed(const struct config *cfg, uid_t uid, const char *user, const char *sender)
+{
+    if (!cfg->sender_policy_own || uid == 0)
+        return 1;
+    const char *at = strrchr(sender, '@');
+    size_t local = at ? (size_t)(at - sender) : strlen(sender);
+    /* Local parts are case-sensitive (RFC 5321 2.4), and so are login names. */
+    if (user != NULL && sender[0] != '\0' && strlen(user) == local &&
+        strncmp(sender, user, local) == 0)
+        return 1;
+    for (size_t i = 0; i < cfg->nsender_map; i++) {
+        const struct sender_map_entry *e = &cfg->sender_map[i];
+        if (e->uid != uid)
+            continue;
+        for (size_t k = 0; k < e->naddrs; k++)
+            if (map_entry_matches(e->addrs[k], sender))
+                return 1;
+    }
+    return 0;
+}

@@ -51,6 +51,16 @@ int route_recipient(const struct config *cfg, const struct route_peer *peer, con
                     const char *rcpt, const struct relay_config *xrelay, size_t *relay,
                     enum route_source *source);
 
+/*
+ * daemon.sender_policy at MAIL FROM.  Under "any" every sender passes.
+ * Under "own" root (uid 0) may use any sender; anyone else only an address
+ * whose local part is `user` (its login name, compared exactly; any domain)
+ * or one daemon.sender_map lists for its uid.  `sender` is "" for <>.
+ * `user` may be NULL when the uid has no name: then only the map applies.
+ * Returns 1 when allowed, 0 when not.
+ */
+int route_sender_allowed(const struct config *cfg, uid_t uid, const char *user, const char *sender);
+
 /* The domain part of an address (after its last '@'), or "" when there is none. */
 const char *route_domain(const char *addr);
 

@@ -9,6 +9,7 @@
 #include "submit.h"
 
 #include <errno.h>
+#include <pwd.h>
 #include <stdarg.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -299,6 +300,56 @@ static void cmd_lhlo(struct client *c)
     client_set_state(c, CS_READY);
 }
 
+/*
+ * daemon.sender_policy "own": the login name of the peer's uid.  Asked of
+ * NSS only under that policy, once per MAIL, for a local uid (passwd
+ * files in practice).  NULL when the uid has no name or out of memory.
+ */
+static char *peer_user_name(uid_t uid)
+{
+    long sz = sysconf(_SC_GETPW_R_SIZE_MAX);
+    size_t len = sz > 0 ? (size_t)sz : 1024;
+    for (int tries = 0; tries < 8; tries++, len *= 2) {
+        char *buf = malloc(len);
+        if (buf == NULL)
+            return NULL;
+        struct passwd pw, *res = NULL;
+        int rc = getpwuid_r(uid, &pw, buf, len, &res);
+        if (rc == ERANGE) {
+            free(buf);
+            continue;
+        }
+        char *name = rc == 0 && res != NULL ? strdup(res->pw_name) : NULL;
+        free(buf);
+        return name;
+    }
+    return NULL;
+}
+
+/* sender_policy at MAIL FROM; a refusal is answered and logged here.  Returns 1 to go on. */
+static int sender_allowed(struct client *c, const char *sender)
+{
+    const struct config *cfg = c->srv->cfg;
+    if (!cfg->sender_policy_own || c->uid == 0)
+        return 1;
+    char *user = peer_user_name(c->uid);
+    int ok = route_sender_allowed(cfg, c->uid, user, sender);
+    if (!ok) {
+        char from[MAILPOOL_MAX_PATH * 4 + 1];
+        char uname[64];
+        if (user == NULL)
+            snprintf(uname, sizeof(uname), "%u", (unsigned)c->uid);
+        else
+            log_escape(user, strlen(user), uname, sizeof(uname));
+        log_escape(sender, strlen(sender), from, sizeof(from));
+        log_warn("submit client=%lu uid=%u user=%s pid=%d from=<%s> refused: sender_policy=own",
+                 c->id, (unsigned)c->uid, uname, (int)c->pid, from);
+        client_reply(c, "550 5.7.1 Sender address not allowed for user %s", uname);
+    }
+    free(user);
+    return ok;
+}
+
 static void cmd_mail(struct client *c, const struct lmtp_cmd *cmd)
 {
     const struct config *cfg = c->srv->cfg;
@@ -331,6 +382,8 @@ static void cmd_mail(struct client *c, const struct lmtp_cmd *cmd)
             return;
         }
     }
+    if (!sender_allowed(c, cmd->path))
+        return;
     struct message *m = message_new();
     if (m == NULL || (m->sender = strdup(cmd->path)) == NULL ||
         (cmd->relay[0] && (m->relay = strdup(cmd->relay)) == NULL)) {

@@ -16,6 +16,7 @@
 #include <wolfssl/wolfcrypt/md5.h>
 #include <wolfssl/wolfcrypt/pwdbased.h>
 #include <wolfssl/wolfcrypt/sha.h>
+#include <wolfssl/wolfcrypt/asn.h>
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -332,17 +333,32 @@ int tls_ctx_add_pin(struct tls_ctx *ctx, const char *pin_b64, char *err, size_t 
     return 0;
 }
 
+/* SHA-256 of the DER SubjectPublicKeyInfo of x.  Returns 0, or -1. */
+static int key_digest(WOLFSSL_X509 *x, unsigned char digest[WC_SHA256_DIGEST_SIZE])
+{
+    unsigned char *der = NULL;
+    int len = 0, ok;
+
+    /* The first call sizes the buffer; the bytes are the whole SubjectPublicKeyInfo. */
+    ok = wolfSSL_X509_get_pubkey_buffer(x, NULL, &len) == WOLFSSL_SUCCESS && len > 0 &&
+         (der = malloc((size_t)len)) != NULL &&
+         wolfSSL_X509_get_pubkey_buffer(x, der, &len) == WOLFSSL_SUCCESS &&
+         wc_Sha256Hash(der, (word32)len, digest) == 0;
+    free(der);
+    return ok ? 0 : -1;
+}
+
 /*
  * RFC 7469 style pin: SHA-256 over the DER SubjectPublicKeyInfo of the
  * server certificate.  Returns 0 when it matches one of the pins.
  */
 static int pin_check(struct tls_conn *c)
 {
-    unsigned char digest[WC_SHA256_DIGEST_SIZE], *der = NULL;
+    unsigned char digest[WC_SHA256_DIGEST_SIZE];
     char b64[64];
     word32 b64len = sizeof(b64) - 1;
     WOLFSSL_X509 *x;
-    int len = 0, ok;
+    int ok;
     size_t i;
 
     x = wolfSSL_get_peer_certificate(c->ssl);
@@ -350,12 +366,7 @@ static int pin_check(struct tls_conn *c)
         conn_error(c, "certificate pin check: the server sent no certificate");
         return -1;
     }
-    /* The first call sizes the buffer; the bytes are the whole SubjectPublicKeyInfo. */
-    ok = wolfSSL_X509_get_pubkey_buffer(x, NULL, &len) == WOLFSSL_SUCCESS && len > 0 &&
-         (der = malloc((size_t)len)) != NULL &&
-         wolfSSL_X509_get_pubkey_buffer(x, der, &len) == WOLFSSL_SUCCESS &&
-         wc_Sha256Hash(der, (word32)len, digest) == 0;
-    free(der);
+    ok = key_digest(x, digest) == 0;
     wolfSSL_X509_free(x);
     if (!ok) {
         conn_error(c, "certificate pin check: cannot read the server key");
@@ -963,6 +974,146 @@ const char *tls_conn_cipher(const struct tls_conn *c)
 int tls_conn_resumed(const struct tls_conn *c)
 {
     return c->done && wolfSSL_session_reused(c->ssl);
+}
+
+/* ---- the peer certificate, for reports ------------------------------------ */
+
+static char *name_text(WOLFSSL_X509_NAME *n)
+{
+    char *w = n ? wolfSSL_X509_NAME_oneline(n, NULL, 0) : NULL;
+    char *s = w ? strdup(w) : NULL;
+
+    XFREE(w, NULL, DYNAMIC_TYPE_OPENSSL);
+    return s;
+}
+
+static char *time_text(const WOLFSSL_ASN1_TIME *t)
+{
+    struct tm tm;
+    char buf[32];
+
+    memset(&tm, 0, sizeof(tm));
+    if (!t || wolfSSL_ASN1_TIME_to_tm(t, &tm) != WOLFSSL_SUCCESS)
+        return strdup("?");
+    if (strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+        return strdup("?");
+    return strdup(buf);
+}
+
+/* One subjectAltName entry as "TYPE:value"; NULL when out of memory. */
+static char *san_text(WOLFSSL_GENERAL_NAME *g)
+{
+    const char *tag;
+    WOLFSSL_ASN1_STRING *str;
+    char *out = NULL;
+    int len;
+
+    switch (g->type) {
+    case ASN_DNS_TYPE:
+        tag = "DNS";
+        break;
+    case ASN_RFC822_TYPE:
+        tag = "email";
+        break;
+    case ASN_URI_TYPE:
+        tag = "URI";
+        break;
+    case ASN_IP_TYPE: {
+        char ip[INET6_ADDRSTRLEN] = "?";
+        const unsigned char *b;
+
+        str = g->d.iPAddress;
+        len = str ? wolfSSL_ASN1_STRING_length(str) : 0;
+        b = str ? wolfSSL_ASN1_STRING_get0_data(str) : NULL;
+        if (b && len == 4)
+            inet_ntop(AF_INET, b, ip, sizeof(ip));
+        else if (b && len == 16)
+            inet_ntop(AF_INET6, b, ip, sizeof(ip));
+        return asprintf(&out, "IP:%s", ip) < 0 ? NULL : out;
+    }
+    default:
+        return asprintf(&out, "type%d:?", g->type) < 0 ? NULL : out;
+    }
+    str = g->d.ia5;
+    len = str ? wolfSSL_ASN1_STRING_length(str) : 0;
+    if (asprintf(&out, "%s:%.*s", tag, len > 0 ? len : 0,
+                 len > 0 ? (const char *)wolfSSL_ASN1_STRING_get0_data(str) : "") < 0)
+        return NULL;
+    /* Shown to operators and put into JSON: no control bytes. */
+    for (char *p = out; *p; p++)
+        if ((unsigned char)*p < 0x20 || (unsigned char)*p == 0x7f)
+            *p = '?';
+    return out;
+}
+
+static int peer_sans(WOLFSSL_X509 *x, struct tls_peer_info *info)
+{
+    WOLFSSL_STACK *sk = wolfSSL_X509_get_ext_d2i(x, NID_subject_alt_name, NULL, NULL);
+    int n, i, rc = 0;
+
+    if (!sk)
+        return 0; /* no subjectAltName */
+    n = wolfSSL_sk_GENERAL_NAME_num(sk);
+    if (n > 0 && (info->san = calloc((size_t)n, sizeof(*info->san))) == NULL)
+        rc = -1;
+    /* wolfSSL's stack holds the entries last first: list them in certificate order. */
+    for (i = n - 1; rc == 0 && i >= 0; i--) {
+        WOLFSSL_GENERAL_NAME *g = wolfSSL_sk_GENERAL_NAME_value(sk, i);
+
+        if (!g)
+            continue;
+        if ((info->san[info->nsan] = san_text(g)) == NULL)
+            rc = -1;
+        else
+            info->nsan++;
+    }
+    wolfSSL_GENERAL_NAMES_free(sk);
+    return rc;
+}
+
+int tls_conn_peer_info(const struct tls_conn *c, struct tls_peer_info *info)
+{
+    unsigned char digest[WC_SHA256_DIGEST_SIZE];
+    char b64[64];
+    word32 b64len = sizeof(b64) - 1;
+    WOLFSSL_X509 *x;
+    int rc = 0;
+
+    memset(info, 0, sizeof(*info));
+    if (!c->done || wolfSSL_session_reused(c->ssl))
+        return -1;
+    x = wolfSSL_get_peer_certificate(c->ssl);
+    if (!x)
+        return -1;
+    info->subject = name_text(wolfSSL_X509_get_subject_name(x));
+    info->issuer = name_text(wolfSSL_X509_get_issuer_name(x));
+    info->not_before = time_text(wolfSSL_X509_get_notBefore(x));
+    info->not_after = time_text(wolfSSL_X509_get_notAfter(x));
+    if (key_digest(x, digest) == 0 &&
+        Base64_Encode_NoNl(digest, sizeof(digest), (byte *)b64, &b64len) == 0) {
+        b64[b64len] = '\0';
+        info->pin_sha256 = strdup(b64);
+    }
+    if (peer_sans(x, info) < 0 || !info->subject || !info->issuer || !info->not_before ||
+        !info->not_after || !info->pin_sha256)
+        rc = -1;
+    wolfSSL_X509_free(x);
+    return rc;
+}
+
+void tls_peer_info_clear(struct tls_peer_info *info)
+{
+    size_t i;
+
+    free(info->subject);
+    free(info->issuer);
+    for (i = 0; i < info->nsan; i++)
+        free(info->san[i]);
+    free(info->san);
+    free(info->not_before);
+    free(info->not_after);
+    free(info->pin_sha256);
+    memset(info, 0, sizeof(*info));
 }
 
 /* ---- hashes for SASL ----------------------------------------------------- */

@@ -81,6 +81,29 @@ const char *tls_conn_cipher(const struct tls_conn *c);
 int tls_conn_resumed(const struct tls_conn *c);
 
 /*
+ * The server certificate of a completed, new (not resumed) handshake, for
+ * reports: every string is malloc'd, freed by tls_peer_info_clear().
+ */
+struct tls_peer_info {
+    char *subject; /* "/O=Example/CN=mail.example.com" */
+    char *issuer;  /* same form */
+    char **san;    /* subjectAltName entries: "DNS:name", "IP:addr", "email:..", "URI:.." */
+    size_t nsan;
+    char *not_before; /* "2024-01-31T12:00:00Z" (UTC) */
+    char *not_after;
+    char *pin_sha256; /* base64 SHA-256 of the SubjectPublicKeyInfo, as pin_sha256 takes it */
+};
+
+/*
+ * Fill info from the peer certificate.  Returns 0; -1 when the handshake is
+ * not done, the session was resumed or the server sent no certificate (info
+ * is then empty), or when out of memory (info holds what was read).
+ */
+int tls_conn_peer_info(const struct tls_conn *c, struct tls_peer_info *info);
+/* Free the strings and zero info.  A zeroed info is fine. */
+void tls_peer_info_clear(struct tls_peer_info *info);
+
+/*
  * Hashes for SASL (CRAM-MD5, SCRAM), from wolfSSL's crypto so the daemon
  * carries no hash code of its own.  Digests are written to `out`, which
  * must hold tls_digest_len(alg) bytes (TLS_DIGEST_MAX is enough for all).

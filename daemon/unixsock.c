@@ -15,6 +15,12 @@
 
 int unix_listen(const char *path, unsigned mode, char *err, size_t errlen)
 {
+    return unix_listen_group(path, mode, 0, 0, err, errlen);
+}
+
+int unix_listen_group(const char *path, unsigned mode, int has_group, gid_t gid, char *err,
+                      size_t errlen)
+{
     struct sockaddr_un sun;
     memset(&sun, 0, sizeof(sun));
     sun.sun_family = AF_UNIX;
@@ -40,6 +46,13 @@ int unix_listen(const char *path, unsigned mode, char *err, size_t errlen)
     mode_t old = umask((mode_t)(~mode & 0777));
     int rc = bind(fd, (struct sockaddr *)&sun, sizeof(sun));
     umask(old);
+    if (rc == 0 && has_group && chown(path, (uid_t)-1, gid) != 0) {
+        snprintf(err, errlen, "%s: cannot give it group %u: %s", path, (unsigned)gid,
+                 strerror(errno));
+        unlink(path);
+        close(fd);
+        return -1;
+    }
     if (rc != 0 || listen(fd, 512) != 0) {
         snprintf(err, errlen, "%s: %s", path, strerror(errno));
         close(fd);

@@ -26,6 +26,7 @@
 #include "ioev.h"
 #include "log.h"
 #include "message.h"
+#include "metrics.h"
 #include "sasl.h"
 #include "secret.h"
 #include "proxy.h"
@@ -148,6 +149,21 @@ struct upstream {
     int err_code;
     char err_ecode[16];
     char error[512];
+
+    /* Probe sessions ("test RELAY"): see probe_mark(). */
+    int probe;
+    struct probe_step *steps;
+    size_t nsteps, steps_cap;
+    int probe_tls_again;      /* STARTTLS was done: the next EHLO is "ehlo2" */
+    const char *probe_failed; /* the step that failed */
+    char *ehlo_text;
+};
+
+struct probe_step {
+    const char *name;
+    char *host;
+    struct timespec start, end;
+    int ended;
 };
 
 static void upstream_enter(struct upstream *u);
@@ -156,8 +172,84 @@ static void upstream_io(struct ioev *io, enum ioev_event ev, void *arg);
 static void upstream_next_address(struct upstream *u);
 static void upstream_start_host(struct upstream *u);
 
+static const char *probe_step_name(const struct upstream *u, enum upstream_state s)
+{
+    switch (s) {
+    case US_RESOLVING:
+        return "resolve";
+    case US_CONNECTING:
+        return "connect";
+    case US_PROXY:
+        return "proxy";
+    case US_TLS_IMPLICIT:
+    case US_TLS_STARTTLS:
+        return "tls";
+    case US_GREETING:
+        return "greeting";
+    case US_EHLO:
+        return u->probe_tls_again ? "ehlo2" : "ehlo";
+    case US_HELO:
+        return "helo";
+    case US_STARTTLS:
+        return "starttls";
+    case US_AUTH_SECRET: /* getting the secret counts as part of AUTH */
+    case US_AUTH:
+        return "auth";
+    default:
+        return NULL; /* established: the probe is over */
+    }
+}
+
+/*
+ * A probe records when each step begins and ends, on the state changes:
+ * the step of the state left ends, the one of the state entered begins
+ * (AUTH's exchange and its secret are one step).  An allocation failure
+ * loses the timing, never the probe.
+ */
+static void probe_mark(struct upstream *u, enum upstream_state s)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    if (s == US_CONNECTING)
+        u->probe_tls_again = 0;
+    if (s == US_DEAD && u->state != US_QUIT && u->probe_failed == NULL) {
+        u->probe_failed = probe_step_name(u, u->state);
+        if (u->probe_failed == NULL)
+            u->probe_failed = state_names[u->state];
+    }
+    const char *name = probe_step_name(u, s);
+    struct probe_step *last = u->nsteps ? &u->steps[u->nsteps - 1] : NULL;
+    if (last && !last->ended) {
+        if (name && strcmp(name, last->name) == 0 && strcmp(last->host, u->hostport) == 0)
+            return;
+        last->end = now;
+        last->ended = 1;
+    }
+    if (s == US_TLS_STARTTLS)
+        u->probe_tls_again = 1;
+    if (name == NULL)
+        return;
+    if (u->nsteps == u->steps_cap) {
+        size_t cap = u->steps_cap ? 2 * u->steps_cap : 16;
+        struct probe_step *grown = realloc(u->steps, cap * sizeof(*grown));
+        if (grown == NULL)
+            return;
+        u->steps = grown;
+        u->steps_cap = cap;
+    }
+    struct probe_step *st = &u->steps[u->nsteps];
+    if ((st->host = strdup(u->hostport)) == NULL)
+        return;
+    st->name = name;
+    st->start = now;
+    st->ended = 0;
+    u->nsteps++;
+}
+
 static void upstream_set_state(struct upstream *u, enum upstream_state s)
 {
+    if (u->probe)
+        probe_mark(u, s);
     log_debug("upstream relay=%s host=%s state=%s->%s", u->relay->name, u->hostport,
               state_names[u->state], state_names[s]);
     u->state = s;
@@ -187,6 +279,10 @@ static void upstream_really_free(struct upstream *u)
     free(u->txn_ok);
     free(u->addrs);
     free(u->helo_name);
+    for (size_t i = 0; i < u->nsteps; i++)
+        free(u->steps[i].host);
+    free(u->steps);
+    free(u->ehlo_text);
     if (u->proxy)
         explicit_bzero(u->proxy, sizeof(*u->proxy));
     free(u->proxy);
@@ -453,7 +549,9 @@ static void upstream_start_tls(struct upstream *u, enum upstream_state s)
     const struct relay_host *h = &u->relay->hosts[u->host_idx];
     const char *name = u->relay->tls_server_name ? u->relay->tls_server_name : h->host;
     upstream_set_state(u, s);
-    if (u->tls == NULL || ioev_start_tls(u->io, u->tls, name, u->hostport, err, sizeof(err)) != 0) {
+    /* A probe must see the certificate: no resumed session. */
+    const char *session_key = u->probe ? NULL : u->hostport;
+    if (u->tls == NULL || ioev_start_tls(u->io, u->tls, name, session_key, err, sizeof(err)) != 0) {
         upstream_set_error(u, 451, "4.7.5", "cannot start TLS: %s",
                            u->tls ? err : "no TLS context");
         upstream_setup_failed(u);
@@ -1038,6 +1136,7 @@ static void upstream_auth_reply(struct upstream *u, const struct smtp_reply *r)
         return;
     }
     upstream_reply_error(u, "authentication failed", r);
+    metrics_note_auth_failure(rc->name);
     upstream_auth_clear(u);
     /* Credentials are the same for every host: do not try the next one. */
     upstream_fail(u);
@@ -1119,6 +1218,10 @@ static void upstream_reply(struct upstream *u, const struct smtp_reply *r)
         }
         memset(&u->caps, 0, sizeof(u->caps));
         smtp_caps_parse(r, &u->caps);
+        if (u->probe) {
+            free(u->ehlo_text);
+            u->ehlo_text = strdup(r->text);
+        }
         upstream_after_hello(u);
         return;
 
@@ -1414,6 +1517,7 @@ struct upstream *upstream_new(const struct upstream_params *p, upstream_cb cb, v
     u->cb = cb;
     u->cb_arg = arg;
     u->host_down_until = p->host_down_until;
+    u->probe = p->probe;
     u->host_idx = p->first_host < p->relay->nhosts ? p->first_host : 0;
     if (u->host_down_until) {
         /* Start at the first host not in back-off; if all are, at the first choice. */
@@ -1544,4 +1648,39 @@ int upstream_tls_resumed(const struct upstream *u)
 time_t upstream_created(const struct upstream *u)
 {
     return u->created;
+}
+
+size_t upstream_probe_steps(const struct upstream *u, struct upstream_step *out, size_t max)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    for (size_t i = 0; i < u->nsteps && i < max; i++) {
+        const struct probe_step *st = &u->steps[i];
+        const struct timespec *end = st->ended ? &st->end : &now;
+        out[i].name = st->name;
+        out[i].host = st->host;
+        out[i].usec = (long long)(end->tv_sec - st->start.tv_sec) * 1000000 +
+                      (end->tv_nsec - st->start.tv_nsec) / 1000;
+    }
+    return u->nsteps;
+}
+
+const char *upstream_probe_failed_step(const struct upstream *u)
+{
+    return u->probe_failed;
+}
+
+const char *upstream_ehlo_text(const struct upstream *u)
+{
+    return u->ehlo_text;
+}
+
+const char *upstream_auth_mech(const struct upstream *u)
+{
+    return u->auth_mech ? sasl_mech_name(u->auth_mech) : NULL;
+}
+
+int upstream_tls_peer_info(const struct upstream *u, struct tls_peer_info *info)
+{
+    return u->io ? ioev_tls_peer_info(u->io, info) : -1;
 }

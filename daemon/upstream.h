@@ -48,6 +48,12 @@ struct upstream_params {
      * that failed is skipped for UPSTREAM_HOST_BACKOFF seconds.  May be NULL.
      */
     time_t *host_down_until;
+    /*
+     * A probe ("test RELAY"): record the timing of each step, keep the EHLO
+     * reply, and never resume a TLS session (so the certificate is seen).
+     * The owner QUITs the session at UPSTREAM_READY.
+     */
+    int probe;
 };
 
 #define UPSTREAM_HOST_BACKOFF 60
@@ -110,5 +116,28 @@ const char *upstream_tls_version(const struct upstream *u);
 const char *upstream_tls_cipher(const struct upstream *u);
 int upstream_tls_resumed(const struct upstream *u);
 time_t upstream_created(const struct upstream *u);
+
+/*
+ * Probe sessions only.  The steps so far, in order: name ("resolve",
+ * "connect", "proxy", "tls", "greeting", "ehlo", "helo", "starttls",
+ * "ehlo2", "auth"), the host:port it was for, and its duration in
+ * microseconds (up to now for the current step).  Valid until the next
+ * event of the session.
+ */
+struct upstream_step {
+    const char *name;
+    const char *host;
+    long long usec;
+};
+size_t upstream_probe_steps(const struct upstream *u, struct upstream_step *out, size_t max);
+/* After UPSTREAM_FAILED: the step that failed (a name as above). */
+const char *upstream_probe_failed_step(const struct upstream *u);
+/* The capability lines of the last EHLO reply (joined by '\n'), or NULL. */
+const char *upstream_ehlo_text(const struct upstream *u);
+/* The AUTH mechanism chosen ("PLAIN", ...), or NULL when no AUTH was tried. */
+const char *upstream_auth_mech(const struct upstream *u);
+/* The server certificate: see tls_conn_peer_info(); -1 on plaintext. */
+struct tls_peer_info;
+int upstream_tls_peer_info(const struct upstream *u, struct tls_peer_info *info);
 
 #endif

@@ -155,7 +155,7 @@ def case_status_fields(s):
     d, _ = start(s)
     raw, st = request(d, "status")
     check(raw.startswith("{") and " " not in raw, "not one compact JSON line: %r" % raw)
-    want = {"ok": bool, "version": str, "uptime": int, "pid": int, "clients": int,
+    want = {"v": int, "ok": bool, "version": str, "uptime": int, "pid": int, "clients": int,
             "busy_clients": int, "relays": int, "sessions": int, "waiting": int,
             "messages": int, "queued": int}
     check(set(st) == set(want), "status members %r, want %r" % (sorted(st), sorted(want)))
@@ -229,7 +229,7 @@ def case_pool_tls(s):
 def case_unknown_command(s):
     d, _ = start(s)
     raw, obj = request(d, "frobnicate")
-    check(raw == '{"ok":false,"error":"unknown command \\"frobnicate\\""}',
+    check(raw == '{"v":1,"ok":false,"code":"unknown_command","error":"unknown command \\"frobnicate\\""}',
           "unknown command answer: %r" % raw)
     # Quotes and backslashes in the name come back escaped, as valid JSON.
     _, obj = request(d, 'x"y\\z')
@@ -398,7 +398,7 @@ def case_slow_reader(s):
     lines = read_lines(hog, limit=1 << 30)
     hog.close()
     check(len(lines) == requests, "sent %d requests, got %d answers" % (requests, len(lines)))
-    check(all(l.startswith('{"ok":true,"relays":[') for l in lines[:-1]),
+    check(all(l.startswith('{"v":1,"ok":true,"relays":[') for l in lines[:-1]),
           "answers: %r" % lines[:3])
 
 
@@ -440,13 +440,13 @@ def case_permission_denied(s):
     # ... and the peer credentials are checked too, when the mode is opened up.
     os.chmod(d.control, 0o666)
     out = run()
-    check(out == '{"ok":false,"error":"permission denied"}', "nobody got: %r" % out)
-    # mailpoolctl reports it as a refusal (exit 1), when nobody may run it from here.
+    check(out == '{"v":1,"ok":false,"code":"permission_denied","error":"permission denied"}', "nobody got: %r" % out)
+    # mailpoolctl reports it as permission denied (exit 77), when nobody may run it from here.
     if os.access(binary("mailpoolctl"), os.X_OK) and all(
             os.stat(p).st_mode & 0o001 for p in parents(binary("mailpoolctl"))):
         p = subprocess.run([binary("mailpoolctl"), "-s", d.control, "status"],
                            capture_output=True, preexec_fn=as_nobody, timeout=20)
-        check(p.returncode == 1 and b"permission denied" in p.stderr,
+        check(p.returncode == 77 and b"permission denied" in p.stderr,
               "mailpoolctl as nobody: %d %r" % (p.returncode, p.stderr))
     d.wait_log("control client=")
     check(status_ok(d)["ok"], "root refused")
@@ -689,7 +689,7 @@ def case_queue_list(s):
     check(os.path.exists(os.path.join(d.spool, "queue", m["id"])), "no spool file for %r" % m)
     # queue show ID: the same object.
     _, sh = request(d, "queue show %s" % m["id"])
-    check(sh.get("ok") is True and set(sh) == {"ok", "message"}, "show: %r" % sh)
+    check(sh.get("ok") is True and set(sh) == {"v", "ok", "message"}, "show: %r" % sh)
     same = dict(sh["message"])
     same.pop("age")
     m.pop("age")
@@ -699,7 +699,7 @@ def case_queue_list(s):
 def case_queue_show_unknown(s):
     d, up = start_queue(s)
     raw, obj = request(d, "queue show 0123456789ABCDEF")
-    check(raw == '{"ok":false,"error":"no such message \\"0123456789ABCDEF\\""}',
+    check(raw == '{"v":1,"ok":false,"code":"no_such_message","error":"no such message \\"0123456789ABCDEF\\""}',
           "unknown id: %r" % raw)
     # Ids are checked before use: no paths, no odd bytes, no long ones.
     for bad in ("../queue/x", "a.b", "x" * 33, "a%00"):
@@ -726,16 +726,16 @@ def case_queue_flush(s):
     m = queue_one(d)
     check(rcpt_count(up) == 1, "RCPTs before flush: %d" % rcpt_count(up))
     _, f = request(d, "flush")
-    check(f == {"ok": True, "flushed": 1}, "flush: %r" % f)
+    check(f == {"v": 1, "ok": True, "flushed": 1}, "flush: %r" % f)
     m2 = settled(d, attempts=2)
     check(m2["attempts"] == 2 and m2["id"] == m["id"], "after flush: %r" % m2)
     check(rcpt_count(up) == 2, "the server saw %d attempts, want 2" % rcpt_count(up))
     # By id and by relay name.
     _, f = request(d, "flush %s" % m["id"])
-    check(f == {"ok": True, "flushed": 1}, "flush ID: %r" % f)
+    check(f == {"v": 1, "ok": True, "flushed": 1}, "flush ID: %r" % f)
     settled(d, attempts=3)
     _, f = request(d, "flush up")
-    check(f == {"ok": True, "flushed": 1}, "flush RELAY: %r" % f)
+    check(f == {"v": 1, "ok": True, "flushed": 1}, "flush RELAY: %r" % f)
     settled(d, attempts=4)
     check(rcpt_count(up) == 4, "the server saw %d attempts, want 4" % rcpt_count(up))
     # mailpoolctl flush
@@ -751,7 +751,7 @@ def case_queue_hold_release(s):
     m = queue_one(d)
     mid = m["id"]
     _, h = request(d, "hold %s" % mid)
-    check(h == {"ok": True}, "hold: %r" % h)
+    check(h == {"v": 1, "ok": True}, "hold: %r" % h)
     wait_for(lambda: os.path.exists(os.path.join(d.spool, "hold", mid)), 10,
              "the file in spool/hold/")
     check(not os.path.exists(os.path.join(d.spool, "queue", mid)), "still in spool/queue/")
@@ -761,7 +761,7 @@ def case_queue_hold_release(s):
     expect_error(h, "already held")
     # No attempt while held, not even when asked for.
     _, f = request(d, "flush")
-    check(f == {"ok": True, "flushed": 0}, "flush of a held message: %r" % f)
+    check(f == {"v": 1, "ok": True, "flushed": 0}, "flush of a held message: %r" % f)
     time.sleep(1.5)
     check(rcpt_count(up) == 1, "attempts while held: %d RCPTs" % rcpt_count(up))
     rc, out, err = ctl(d, "queue")
@@ -794,7 +794,7 @@ def case_queue_delete(s):
     path = os.path.join(d.spool, "queue", mid)
     check(os.path.exists(path), "no spool file")
     _, r = request(d, "delete %s" % mid)
-    check(r == {"ok": True}, "delete: %r" % r)
+    check(r == {"v": 1, "ok": True}, "delete: %r" % r)
     # The file is removed in the background; the listing follows once it is gone.
     wait_for(lambda: queue_list(d) == [], 10, "the message to leave the listing")
     wait_for(lambda: not os.path.exists(path), 10, "the spool file to go")
@@ -821,13 +821,14 @@ def case_queue_busy(s):
     mid = msgs[0]["id"]
     for cmd in ("hold", "delete"):
         _, r = request(d, "%s %s" % (cmd, mid))
-        check(r == {"ok": False, "error": "busy: a delivery attempt is in progress, try again"},
+        check(r == {"v": 1, "ok": False, "code": "busy",
+                   "error": "busy: a delivery attempt is in progress, try again"},
               "%s while busy: %r" % (cmd, r))
     _, f = request(d, "flush %s" % mid)
-    check(f == {"ok": True, "flushed": 0}, "flush while busy: %r" % f)
+    check(f == {"v": 1, "ok": True, "flushed": 0}, "flush while busy: %r" % f)
     settled(d)
     _, r = request(d, "delete %s" % mid)
-    check(r == {"ok": True}, "delete after the attempt: %r" % r)
+    check(r == {"v": 1, "ok": True}, "delete after the attempt: %r" % r)
 
 
 def case_ctl_queue_table(s):
@@ -840,8 +841,11 @@ def case_ctl_queue_table(s):
     lines = out.splitlines()
     check(lines[0].split() == ["ID", "AGE", "SIZE", "SENDER", "RCPTS", "ATTEMPTS", "NEXT",
                                "LAST", "ERROR"], "header:\n%s" % out)
+    # Sizes are readable ("812 B", "1.2 KiB"): join the number and its unit.
     row = lines[1].split()
-    check(row[0] == m["id"] and row[2] == str(m["size"]) and row[3] == SENDER
+    row[2:4] = [row[2] + " " + row[3]]
+    want_size = ("%d B" % m["size"] if m["size"] < 1024 else "%.1f KiB" % (m["size"] / 1024))
+    check(row[0] == m["id"] and row[2] == want_size and row[3] == SENDER
           and row[4] == "2/2" and row[5] == "1" and row[6] == "in", "row:\n%s" % out)
     check(row[7].endswith("s") or row[7].endswith("m00s") or "m" in row[7], "NEXT:\n%s" % out)
     rl = [l for l in lines[2:] if l.startswith("    ")]

@@ -121,7 +121,7 @@ def case_sendmail_bp_listing(s):
     rc3, out3, err3 = run(["-C", d.conf, "-bp"])
     check(rc3 == 0 and out3 == out, "-C: %d %r\n%s" % (rc3, err3, out3))
     # A held message is marked '!' as in Postfix.
-    check(control(d, "hold %s" % m["id"]) == {"ok": True}, "hold")
+    check(control(d, "hold %s" % m["id"]) == {"v": 1, "ok": True}, "hold")
     wait_for(lambda: control(d, "queue")["messages"][0]["held"], 10, "held")
     rc, out, err = run(["-bp"], sock_env(d))
     check(rc == 0 and out.splitlines()[1].startswith(m["id"] + "!"), "held mark:\n%s" % out)
