@@ -341,6 +341,8 @@ static int add_item(struct parser *ps, struct json_value *v, struct json_value *
     int full = v->count == 0 || (v->count >= 4 && (v->count & (v->count - 1)) == 0);
     if (full) {
         size_t cap = v->count ? v->count * 2 : 4;
+        /* An array of pointers: the element size is the pointer's. */
+        // NOLINTNEXTLINE(bugprone-sizeof-expression)
         struct json_value **items = realloc(v->items, cap * sizeof(*items));
         if (items == NULL)
             goto nomem;
@@ -371,7 +373,7 @@ static struct json_value *parse_container(struct parser *ps, int object)
     struct json_value *v = new_value(ps, object ? JSON_OBJECT : JSON_ARRAY);
     if (v == NULL)
         return NULL;
-    char close = object ? '}' : ']';
+    unsigned char close = object ? '}' : ']';
     ps->p++;
     skip_ws(ps);
     if (ps->p < ps->end && *ps->p == close) {

@@ -392,9 +392,8 @@ static int parse_notify(const char *arg, struct opts *o)
         }
         seen |= 1u << i;
         /* Three words and two commas at most: always fits. */
-        if (o->notify[0] != '\0')
-            strcat(o->notify, ",");
-        strcat(o->notify, words[i]);
+        size_t used = strlen(o->notify);
+        snprintf(o->notify + used, sizeof o->notify - used, "%s%s", used ? "," : "", words[i]);
         if (p[n] == '\0')
             return 0;
         p += n + 1;
@@ -630,42 +629,51 @@ int main(int argc, char **argv)
 
     if ((o.sender && has_control(o.sender)) || (o.fullname && has_control(o.fullname))) {
         fprintf(stderr, PROG ": control characters in -f or -F\n");
-        return EX_DATAERR;
+        rc = EX_DATAERR;
+        goto out;
     }
     for (i = optind; i < argc; i++) {
         if (argv[i][0] == '-') {
             fprintf(stderr, PROG ": recipient \"%s\" looks like an option; refused\n", argv[i]);
-            return EX_USAGE;
+            rc = EX_USAGE;
+            goto out;
         }
         if (has_control(argv[i])) {
             fprintf(stderr, PROG ": control characters in a recipient\n");
-            return EX_DATAERR;
+            rc = EX_DATAERR;
+            goto out;
         }
     }
     if (optind == argc && !o.from_headers) {
         fprintf(stderr, PROG ": no recipients given (use -t to read them from the message)\n");
         usage();
-        return EX_USAGE;
+        rc = EX_USAGE;
+        goto out;
     }
 
     pw = getpwuid(getuid());
     login = pw && pw->pw_name && pw->pw_name[0] ? pw->pw_name : NULL;
-    if (login == NULL && o.sender == NULL) {
-        fprintf(stderr, PROG ": cannot determine your user name; use -f\n");
-        return EX_OSERR;
-    }
     sender = o.sender ? o.sender : login;
+    if (sender == NULL) {
+        fprintf(stderr, PROG ": cannot determine your user name; use -f\n");
+        rc = EX_OSERR;
+        goto out;
+    }
     if (sender[0] == '<' && sender[strlen(sender) - 1] == '>' && strlen(sender) >= 2) {
         /* -f '<>' is the null sender; -f '<a@b>' means a@b */
         bare = strndup(sender + 1, strlen(sender) - 2);
-        if (bare == NULL)
-            return EX_OSERR;
+        if (bare == NULL) {
+            rc = EX_OSERR;
+            goto out;
+        }
         sender = bare;
     }
     if (o.fullname == NULL && o.sender == NULL && pw && pw->pw_gecos && pw->pw_gecos[0]) {
         gecos = strndup(pw->pw_gecos, strcspn(pw->pw_gecos, ","));
-        if (gecos == NULL)
-            return EX_OSERR;
+        if (gecos == NULL) {
+            rc = EX_OSERR;
+            goto out;
+        }
     }
 
     if (o.config) {

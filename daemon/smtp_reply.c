@@ -108,9 +108,7 @@ static int parse_line(struct reply_parser *p, const char *l, size_t n)
     if (l[0] < '2' || l[0] > '5' || l[1] < '0' || l[1] > '5' || !is_digit((unsigned char)l[2]))
         return fail(p, "invalid reply code");
     code = (l[0] - '0') * 100 + (l[1] - '0') * 10 + (l[2] - '0');
-    if (n == 3)
-        last = 1; /* a bare "250" is a final line with no text */
-    else if (l[3] == ' ')
+    if (n == 3 || l[3] == ' ') /* a bare "250" is a final line with no text */
         last = 1;
     else if (l[3] == '-')
         last = 0;

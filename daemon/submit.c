@@ -235,16 +235,18 @@ static void client_data_done(struct client *c)
     client_set_state(c, CS_WAIT);
     /* Input keeps arriving (up to ioev's bound) but waits unprocessed. */
     ioev_set_timeout(c->io, 0);
+    /* The dispatch owns the message until client_results() hands it back. */
+    c->msg = NULL;
     c->dispatch =
         dispatch_start(srv->base, cfg, srv->pool, srv->queue, m, c->rcpt_relay, client_results, c);
     if (c->dispatch == NULL) {
+        c->msg = m;
         for (size_t i = 0; i < m->nrcpts; i++)
             client_reply(c, "451 4.3.0 Out of memory, try again later");
         client_reset_txn(c);
         client_set_state(c, CS_READY);
         return;
     }
-    c->msg = NULL; /* the dispatch has it until client_results() */
 }
 
 /* Decode DATA from the input buffer.  Returns 1 when the end was reached. */
@@ -733,6 +735,8 @@ void submit_free(struct submit_server *srv)
         return;
     struct client *c;
     while ((c = TAILQ_FIRST(&srv->clients)) != NULL)
+        /* client_free() unlinks c; the analyzer cannot see TAILQ_REMOVE update the head. */
+        // NOLINTNEXTLINE(clang-analyzer-unix.Malloc)
         client_free(c);
     evconnlistener_free(srv->listener);
     free(srv);

@@ -229,7 +229,7 @@ static void probe_mark(struct upstream *u, enum upstream_state s)
         u->probe_tls_again = 1;
     if (name == NULL)
         return;
-    if (u->nsteps == u->steps_cap) {
+    if (u->steps == NULL || u->nsteps == u->steps_cap) {
         size_t cap = u->steps_cap ? 2 * u->steps_cap : 16;
         struct probe_step *grown = realloc(u->steps, cap * sizeof(*grown));
         if (grown == NULL)

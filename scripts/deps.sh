@@ -6,7 +6,7 @@
 set -eu
 
 BUILD="cmake make gcc pkg-config libevent-dev libwolfssl-dev libconfig-dev libsystemd-dev"
-TEST="python3 python3-aiosmtpd python3-prometheus-client postfix swaks openssl valgrind clang-format mandoc dpkg-dev file systemd"
+TEST="python3 python3-aiosmtpd python3-prometheus-client postfix swaks openssl valgrind clang-format clang-tidy cppcheck mandoc dpkg-dev file systemd"
 BENCH="msmtp stunnel4"
 
 want="$BUILD"

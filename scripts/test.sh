@@ -28,6 +28,9 @@ if [ -n "$bad" ]; then
     exit 1
 fi
 
+# clang-tidy and cppcheck; any finding fails the run (see scripts/static.sh).
+scripts/static.sh
+
 echo "== build and test (build/)"
 run_suite build
 if [ "${1:-}" != "--quick" ]; then

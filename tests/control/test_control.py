@@ -27,6 +27,17 @@ MAX_LINE = 1024  # MAILPOOL_MAX_CONTROL_LINE in common/proto.h
 # ---- helpers ---------------------------------------------------------------------
 
 
+def _project_version():
+    """The version the build was configured with (top-level CMakeLists.txt)."""
+    import re
+    src = os.environ.get("MAILPOOL_SRC_DIR", os.path.join(os.path.dirname(__file__), "..", ".."))
+    with open(os.path.join(src, "CMakeLists.txt")) as f:
+        return re.search(r"project\(mailpool VERSION ([0-9.]+)", f.read()).group(1)
+
+
+MAILPOOL_VERSION = _project_version()
+
+
 def start(s, up_port=None, tls=None, **kw):
     """mailpoold with one relay "up" (to fakesmtp unless up_port is given) and
     its control socket in the case's directory.  Returns (daemon, upstream)."""
@@ -162,7 +173,7 @@ def case_status_fields(s):
     for k, t in want.items():
         check(isinstance(st[k], t) and (t is bool or not isinstance(st[k], bool)),
               "status %s=%r is not %s" % (k, st[k], t.__name__))
-    check(st["ok"] is True and st["version"] == "0.1.0", "status: %r" % st)
+    check(st["ok"] is True and st["version"] == MAILPOOL_VERSION, "status: %r" % st)
     check(st["pid"] == d.pid, "pid %r, daemon is %d" % (st["pid"], d.pid))
     check(st["relays"] == 1 and st["messages"] == 0 and st["sessions"] == 0
           and st["queued"] == 0, "status: %r" % st)
@@ -462,7 +473,7 @@ def case_ctl_tables(s):
     rc, out, err = ctl(d, "status")
     check(rc == 0 and err == "", "status: rc=%d err=%r" % (rc, err))
     rows = {l.split()[0]: l.split()[1:] for l in out.splitlines() if l.strip()}
-    check(rows.get("version") == ["0.1.0"] and rows.get("pid") == [str(d.pid)],
+    check(rows.get("version") == [MAILPOOL_VERSION] and rows.get("pid") == [str(d.pid)],
           "status table:\n%s" % out)
     check(rows.get("messages") == ["2"] and rows.get("relays") == ["1"],
           "status table:\n%s" % out)

@@ -121,6 +121,7 @@ case_find_package() {
     local out=$WORK/find_package
     rm -rf "$out"
     cmake -S "$HERE/findpkg" -B "$out" -DCMAKE_PREFIX_PATH="$STAGE/usr" \
+        -DMAILPOOL_WANT_VERSION="${MP_VERSION%.*}" \
         -DHELLO_SOURCE="$HERE/hello.c" -DCMAKE_C_FLAGS="$(cc_flags)" \
         -DCMAKE_EXE_LINKER_FLAGS="$(cc_flags)" >"$out.log" 2>&1 || fail "configure: $(cat "$out.log")"
     grep -q "mailpool_DIR:PATH=$STAGE/usr/$MP_LIBDIR/cmake/mailpool" "$out/CMakeCache.txt" ||

@@ -1,0 +1,323 @@
+/*
+ * Example: libmailpool inside a libevent loop, without blocking and without
+ * threads.  Several handles are opened at once and share a batch of messages
+ * (the message on stdin, each copy with its own X-Example-Seq header); each
+ * handle takes the next message as soon as its last one is answered.  SIGINT,
+ * SIGTERM or the -t deadline cancel whatever is in progress with
+ * mailpool_cancel(): a message cancelled before all its data was sent is
+ * dropped, but one already sent and waiting for its replies may still be
+ * delivered, so its outcome is unknown.  With -v every command's reply is
+ * printed to stderr as it completes.
+ *
+ *   mailpool-example-async-libevent [-s SOCKET] [-c HANDLES] [-n MESSAGES] [-t SECONDS] [-v]
+ *                                   FROM TO... < message
+ */
+#include <event2/event.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <mailpool.h>
+
+#define USAGE                                                                                      \
+    "usage: %s [-s SOCKET] [-c HANDLES] [-n MESSAGES] [-t SECONDS] [-v] "                          \
+    "FROM TO...\n"
+#define MSG_FMT "X-Example-Seq: %zu\r\n"
+
+struct app {
+    const mailpool_envelope *env;
+    const char *body; /* the message from stdin */
+    size_t body_len;
+    size_t nmsgs, next; /* messages in the batch, next one to hand out */
+    size_t nok, nfailed;
+    int verbose;
+    int stopping; /* cancelled: hand out no more messages */
+    struct event_base *base;
+    struct conn *conns;
+    size_t nconns;
+};
+
+/* One handle and the operation it has in progress. */
+struct conn {
+    struct app *app;
+    mailpool *mp;
+    struct event *ev; /* mailpool_fd() readable */
+    unsigned id;
+    int active;  /* opening or sending: waiting for mailpool_process() */
+    int sending; /* the operation in progress is a send (else the open) */
+    size_t seq;  /* which message, while sending */
+    char *text;  /* must stay valid until the DONE event */
+    size_t len;
+    mailpool_result result; /* filled by the library before DONE */
+};
+
+static int is_transport_error(mailpool_status st)
+{
+    return st != MAILPOOL_OK && st != MAILPOOL_ERR_PARTIAL && st != MAILPOOL_ERR_TEMPORARY &&
+           st != MAILPOOL_ERR_PERMANENT;
+}
+
+/* Hand this handle the next message; called from main and from DONE events. */
+static void conn_start_next(struct conn *c)
+{
+    struct app *a = c->app;
+    int hdr;
+    mailpool_status st;
+
+    c->active = 0;
+    if (a->stopping || a->next >= a->nmsgs)
+        return;
+    c->seq = ++a->next;
+    hdr = snprintf(NULL, 0, MSG_FMT, c->seq);
+    c->text = malloc((size_t)hdr + a->body_len + 1);
+    if (c->text == NULL) {
+        fprintf(stderr, "message %zu: out of memory\n", c->seq);
+        a->nfailed++;
+        return;
+    }
+    snprintf(c->text, (size_t)hdr + 1, MSG_FMT, c->seq);
+    memcpy(c->text + hdr, a->body, a->body_len);
+    c->len = (size_t)hdr + a->body_len;
+
+    st = mailpool_send_async(c->mp, a->env, c->text, c->len, &c->result);
+    if (st != MAILPOOL_OK) {
+        /* Refused before anything was sent (bad address ...): no DONE follows. */
+        printf("message %zu (handle %u): %s\n", c->seq, c->id, mailpool_strerror(st));
+        a->nfailed++;
+        free(c->text);
+        c->text = NULL;
+        return;
+    }
+    c->active = 1;
+    c->sending = 1;
+}
+
+static void on_done(struct conn *c, const mailpool_event_info *ev)
+{
+    struct app *a = c->app;
+    size_t i;
+
+    if (!c->sending) {
+        c->active = 0;
+        if (ev->status != MAILPOOL_OK) {
+            fprintf(stderr, "handle %u: cannot open: %s\n", c->id, mailpool_strerror(ev->status));
+            return;
+        }
+        conn_start_next(c);
+        return;
+    }
+
+    c->sending = 0;
+    printf("message %zu (handle %u): %s\n", c->seq, c->id, mailpool_strerror(ev->status));
+    for (i = 0; i < c->result.nrecipients; i++) {
+        const mailpool_reply *r = &c->result.recipients[i];
+
+        printf("  %s: %d %s %s\n", a->env->recipients[i], r->code, r->ecode, r->text);
+    }
+    if (ev->status == MAILPOOL_OK)
+        a->nok++;
+    else
+        a->nfailed++;
+    mailpool_result_free(&c->result);
+    free(c->text);
+    c->text = NULL;
+    /* A broken connection takes no more work; the other handles carry on. */
+    if (is_transport_error(ev->status))
+        c->active = 0;
+    else
+        conn_start_next(c);
+}
+
+/* The library calls this from mailpool_process(), in this thread. */
+static void on_event(mailpool *mp, const mailpool_event_info *ev, void *arg)
+{
+    struct conn *c = arg;
+
+    switch (ev->event) {
+    case MAILPOOL_EV_CONNECT:
+        if (c->app->verbose)
+            fprintf(stderr, "[%u] connected\n", c->id);
+        break;
+    case MAILPOOL_EV_COMMAND:
+        if (c->app->verbose && ev->reply != NULL)
+            fprintf(stderr, "[%u] %s -> %d %s %s\n", c->id, ev->command, ev->reply->code,
+                    ev->reply->ecode, ev->reply->text);
+        break;
+    case MAILPOOL_EV_TIMEOUT:
+        fprintf(stderr, "[%u] timed out\n", c->id);
+        break;
+    case MAILPOOL_EV_DONE:
+        on_done(c, ev);
+        break;
+    default:
+        break;
+    }
+}
+
+static char *read_all(FILE *in, size_t *len)
+{
+    size_t cap = 65536, n;
+    char *buf = malloc(cap), *p;
+
+    *len = 0;
+    while (buf != NULL && (n = fread(buf + *len, 1, cap - *len, in)) > 0) {
+        *len += n;
+        if (*len == cap) {
+            p = realloc(buf, cap *= 2);
+            if (p == NULL)
+                free(buf);
+            buf = p;
+        }
+    }
+    if (buf != NULL && ferror(in)) {
+        free(buf);
+        buf = NULL;
+    }
+    return buf;
+}
+
+/* libevent saw the handle's descriptor readable: let the library advance. */
+static void on_readable(evutil_socket_t fd, short what, void *arg)
+{
+    struct conn *c = arg;
+    struct app *a = c->app;
+    size_t i;
+
+    mailpool_process(c->mp, 0);
+    if (c->active)
+        return;
+    event_free(c->ev);
+    c->ev = NULL;
+    for (i = 0; i < a->nconns; i++)
+        if (a->conns[i].active)
+            return;
+    event_base_loopbreak(a->base);
+}
+
+/* Deadline or signal: hand out nothing more and cancel what is in flight. */
+static void on_stop(evutil_socket_t fd, short what, void *arg)
+{
+    struct app *a = arg;
+    size_t i;
+
+    fprintf(stderr, "%s: cancelling\n", what & EV_SIGNAL ? "signal" : "deadline");
+    a->stopping = 1;
+    for (i = 0; i < a->nconns; i++)
+        if (a->conns[i].active)
+            mailpool_cancel(a->conns[i].mp);
+}
+
+int main(int argc, char **argv)
+{
+    const char *socket_path = NULL;
+    struct app a = {0};
+    mailpool_envelope env = {0};
+    unsigned long nconns = 3, nmsgs = 10, deadline = 0;
+    struct event *sigint, *sigterm, *timer;
+    struct conn *conns;
+    size_t i, nactive = 0;
+    char *body;
+    int c;
+
+    while ((c = getopt(argc, argv, "s:c:n:t:v")) != -1) {
+        if (c == 's')
+            socket_path = optarg;
+        else if (c == 'c')
+            nconns = strtoul(optarg, NULL, 10);
+        else if (c == 'n')
+            nmsgs = strtoul(optarg, NULL, 10);
+        else if (c == 't')
+            deadline = strtoul(optarg, NULL, 10);
+        else if (c == 'v')
+            a.verbose = 1;
+        else {
+            fprintf(stderr, USAGE, argv[0]);
+            return 2;
+        }
+    }
+    if (argc - optind < 2 || nconns == 0 || nconns > 1000 || nmsgs > 1000000) {
+        fprintf(stderr, USAGE, argv[0]);
+        return 2;
+    }
+    body = read_all(stdin, &a.body_len);
+    conns = calloc(nconns, sizeof(*conns));
+    a.base = event_base_new();
+    if (body == NULL || conns == NULL || a.base == NULL) {
+        fprintf(stderr, "cannot read the message or set up the loop\n");
+        free(body);
+        free(conns);
+        if (a.base)
+            event_base_free(a.base);
+        return 1;
+    }
+    env.sender = argv[optind];
+    env.recipients = (const char *const *)&argv[optind + 1];
+    env.nrecipients = (size_t)(argc - optind - 1);
+    a.env = &env;
+    a.body = body;
+    a.nmsgs = nmsgs;
+    a.conns = conns;
+    a.nconns = nconns;
+
+    /* Start every connection at once; none of these calls blocks. */
+    for (i = 0; i < nconns; i++) {
+        mailpool_status st;
+
+        conns[i].app = &a;
+        conns[i].id = (unsigned)i;
+        st = mailpool_open_async(socket_path, 30000, 0, on_event, &conns[i], &conns[i].mp);
+        if (st != MAILPOOL_OK) {
+            fprintf(stderr, "handle %zu: cannot open: %s\n", i, mailpool_strerror(st));
+            continue;
+        }
+        /*
+         * Read interest only, persistent: the descriptor stays the same for the
+         * handle's life and turns readable for timeouts and cancels too.
+         */
+        conns[i].ev = event_new(a.base, mailpool_fd(conns[i].mp), EV_READ | EV_PERSIST, on_readable,
+                                &conns[i]);
+        if (conns[i].ev == NULL || event_add(conns[i].ev, NULL) != 0) {
+            fprintf(stderr, "handle %zu: cannot watch it\n", i);
+            continue;
+        }
+        conns[i].active = 1;
+        nactive++;
+    }
+
+    sigint = evsignal_new(a.base, SIGINT, on_stop, &a);
+    sigterm = evsignal_new(a.base, SIGTERM, on_stop, &a);
+    timer = evtimer_new(a.base, on_stop, &a);
+    if (sigint == NULL || sigterm == NULL || timer == NULL || event_add(sigint, NULL) != 0 ||
+        event_add(sigterm, NULL) != 0) {
+        fprintf(stderr, "cannot set up the signal events\n");
+        return 1;
+    }
+    if (deadline > 0) {
+        struct timeval tv = {.tv_sec = (time_t)deadline};
+
+        event_add(timer, &tv);
+    }
+    if (nactive > 0)
+        event_base_dispatch(a.base);
+
+    for (i = 0; i < nconns; i++) {
+        if (conns[i].ev != NULL)
+            event_free(conns[i].ev);
+        free(conns[i].text);
+        mailpool_close(conns[i].mp);
+    }
+    if (a.next < a.nmsgs) {
+        printf("%zu messages not sent\n", a.nmsgs - a.next);
+        a.nfailed += a.nmsgs - a.next;
+    }
+    printf("sent %zu, failed %zu\n", a.nok, a.nfailed);
+    event_free(sigint);
+    event_free(sigterm);
+    event_free(timer);
+    event_base_free(a.base);
+    free(conns);
+    free(body);
+    return a.nfailed == 0 ? 0 : 1;
+}
