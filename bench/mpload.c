@@ -4,7 +4,11 @@
  * share of the messages back to back; every send's wall time is recorded.
  *
  *   mpload -s SOCKET -c CLIENTS -n MESSAGES -m MSGFILE [-r RELAY] [-M MODE]
- *          [-o FILE] [-f SENDER] [-t RECIPIENT]
+ *          [-o FILE] [-f SENDER] [-t RECIPIENT] [-I TAG [-A FILE]]
+ *
+ * -I TAG puts a header "X-Soak-Id: TAG<client>-<n>" in front of every message
+ * so a sink can count each one; -A FILE then lists the ids that got 250 (the
+ * messages the daemon accepted responsibility for).
  *
  * -M relay|queue asks for that delivery mode (XMODE=); without it the relay's
  * own mode applies.  In queue mode a send's time is the time until the
@@ -37,6 +41,7 @@ struct load_opts {
     const char *recipient;
     const char *message;
     size_t message_len;
+    const char *id_tag; /* NULL: send the message as it is */
 };
 
 /* One per thread; only that thread writes it until it is joined. */
@@ -51,6 +56,8 @@ struct worker {
     int open_failed;
     char first_error[600];
     uint64_t end_ns;
+    size_t index;            /* this client's number, for the ids */
+    unsigned char *accepted; /* with -I: nsend flags, 1 = got 250 */
 };
 
 static uint64_t now_ns(void)
@@ -93,7 +100,8 @@ static void *worker_run(void *arg)
     mailpool_envelope env = {0};
     mailpool *mp = NULL;
     mailpool_status st;
-    size_t i;
+    size_t i, idcap = 0;
+    char *idmsg = NULL;
 
     env.sender = o->sender;
     env.recipients = rcpts;
@@ -108,6 +116,16 @@ static void *worker_run(void *arg)
         snprintf(w->first_error, sizeof(w->first_error), "open: %s (%s)", mailpool_strerror(st),
                  strerror(errno));
     }
+    if (o->id_tag != NULL) {
+        /* Room for the header line; sized from the tag, not a fixed guess. */
+        idcap = strlen(o->id_tag) + 64 + o->message_len;
+        idmsg = malloc(idcap);
+        w->accepted = calloc(w->nsend ? w->nsend : 1, 1);
+        if (idmsg == NULL || w->accepted == NULL) {
+            w->open_failed = 1;
+            snprintf(w->first_error, sizeof(w->first_error), "out of memory");
+        }
+    }
     pthread_barrier_wait(w->start);
     if (w->open_failed) {
         w->nskipped = w->nsend;
@@ -119,9 +137,18 @@ static void *worker_run(void *arg)
         mailpool_result res = {0};
         uint64_t t0 = now_ns(), t1;
 
-        st = mailpool_send(mp, &env, o->message, o->message_len, &res);
+        if (idmsg != NULL) {
+            int hl = snprintf(idmsg, idcap, "X-Soak-Id: %s%zu-%zu\n", o->id_tag, w->index, i);
+
+            memcpy(idmsg + hl, o->message, o->message_len);
+            st = mailpool_send(mp, &env, idmsg, (size_t)hl + o->message_len, &res);
+        } else {
+            st = mailpool_send(mp, &env, o->message, o->message_len, &res);
+        }
         t1 = now_ns();
         w->lat_us[i] = (t1 - t0) / 1000u;
+        if (send_ok(&res) && w->accepted != NULL)
+            w->accepted[i] = 1;
         if (!send_ok(&res)) {
             w->nfailed++;
             note_error(w, i, mailpool_strerror(st),
@@ -137,6 +164,7 @@ static void *worker_run(void *arg)
         }
     }
     w->end_ns = now_ns();
+    free(idmsg);
     mailpool_close(mp);
     return NULL;
 }
@@ -195,7 +223,8 @@ static int parse_count(const char *s, unsigned long max, unsigned long *out)
 static void usage(void)
 {
     fprintf(stderr, "usage: mpload -s SOCKET -c CLIENTS -n MESSAGES -m MSGFILE [-r RELAY]\n"
-                    "              [-M relay|queue] [-o LATENCIES] [-f SENDER] [-t RECIPIENT]\n");
+                    "              [-M relay|queue] [-o LATENCIES] [-f SENDER] [-t RECIPIENT]\n"
+                    "              [-I TAG [-A ACCEPTED]]\n");
 }
 
 static int write_latencies(const char *path, const struct worker *w, size_t nclients)
@@ -212,10 +241,25 @@ static int write_latencies(const char *path, const struct worker *w, size_t ncli
     return fclose(f) == 0 ? 0 : -1;
 }
 
+static int write_accepted(const char *path, const char *tag, const struct worker *w,
+                          size_t nclients)
+{
+    FILE *f = fopen(path, "w");
+    size_t c, i;
+
+    if (f == NULL)
+        return -1;
+    for (c = 0; c < nclients; c++)
+        for (i = 0; i < w[c].nsend; i++)
+            if (w[c].accepted != NULL && w[c].accepted[i])
+                fprintf(f, "%s%zu-%zu\n", tag, c, i);
+    return fclose(f) == 0 ? 0 : -1;
+}
+
 int main(int argc, char **argv)
 {
     struct load_opts o = {0};
-    const char *msgfile = NULL, *outfile = NULL;
+    const char *msgfile = NULL, *outfile = NULL, *accfile = NULL;
     unsigned long nclients = 0, nmessages = 0;
     struct worker *w;
     pthread_barrier_t start;
@@ -227,7 +271,7 @@ int main(int argc, char **argv)
 
     o.sender = "bench@bench.mailpool.test";
     o.recipient = "sink@example.test";
-    while ((ch = getopt(argc, argv, "s:c:n:m:r:M:o:f:t:h")) != -1) {
+    while ((ch = getopt(argc, argv, "s:c:n:m:r:M:o:f:t:I:A:h")) != -1) {
         switch (ch) {
         case 's':
             o.socket_path = optarg;
@@ -267,6 +311,12 @@ int main(int argc, char **argv)
         case 't':
             o.recipient = optarg;
             break;
+        case 'I':
+            o.id_tag = optarg;
+            break;
+        case 'A':
+            accfile = optarg;
+            break;
         default:
             usage();
             return 2;
@@ -274,6 +324,10 @@ int main(int argc, char **argv)
     }
     if (optind != argc || nclients == 0 || nmessages == 0 || msgfile == NULL) {
         usage();
+        return 2;
+    }
+    if (accfile != NULL && o.id_tag == NULL) {
+        fprintf(stderr, "mpload: -A needs -I\n");
         return 2;
     }
     if (nmessages < nclients) {
@@ -302,6 +356,7 @@ int main(int argc, char **argv)
     for (c = 0; c < nclients; c++) {
         w[c].opts = &o;
         w[c].start = &start;
+        w[c].index = c;
         w[c].nsend = nmessages / nclients + (c < nmessages % nclients ? 1 : 0);
         w[c].lat_us = lat + off;
         off += w[c].nsend;
@@ -342,6 +397,12 @@ int main(int argc, char **argv)
         fprintf(stderr, "mpload: %s: %s\n", outfile, strerror(errno));
         failed++;
     }
+    if (accfile != NULL && write_accepted(accfile, o.id_tag, w, nclients) < 0) {
+        fprintf(stderr, "mpload: %s: %s\n", accfile, strerror(errno));
+        failed++;
+    }
+    for (c = 0; c < nclients; c++)
+        free(w[c].accepted);
     free(sorted);
     free(lat);
     free(w);

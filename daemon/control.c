@@ -32,6 +32,7 @@
 #include "queue.h"
 #include "spool.h"
 #include "submit.h"
+#include "unixsock.h"
 #include "upstream.h"
 
 /* A client must complete a request line within this time, or it is dropped. */
@@ -107,6 +108,7 @@ struct control {
     struct queue *queue;
     struct submit_server *submit;
     struct evconnlistener *listener;
+    struct listen_pause pause;
     TAILQ_HEAD(, ctl_conn) conns;
     size_t nconns;
     unsigned long next_id;
@@ -1062,10 +1064,18 @@ static unsigned conns_of(const struct control *ctl, uid_t uid)
     return n;
 }
 
+/* accept() failed: out of descriptors or memory pauses accepting (see unixsock.h). */
+static void control_accept_error_cb(struct evconnlistener *l, void *arg)
+{
+    struct control *ctl = arg;
+    listen_pause_error(&ctl->pause);
+}
+
 static void control_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
                               int salen, void *arg)
 {
     struct control *ctl = arg;
+    listen_pause_accepted(&ctl->pause);
     if (ctl->nconns >= CTL_MAX_CONNS) {
         static const char busy[] = "{\"v\":1,\"ok\":false,\"code\":\"too_many_connections\","
                                    "\"error\":\"too many control connections\"}\n";
@@ -1153,6 +1163,14 @@ struct control *control_new(struct event_base *base, const struct config *cfg, s
     TAILQ_INIT(&ctl->conns);
     clock_gettime(CLOCK_MONOTONIC, &ctl->started);
     ctl->listener = evconnlistener_new(base, control_accept_cb, ctl, LEV_OPT_CLOSE_ON_EXEC, -1, fd);
+    if (ctl->listener != NULL &&
+        listen_pause_init(&ctl->pause, base, ctl->listener, "control") != 0) {
+        evconnlistener_free(ctl->listener);
+        listen_pause_clear(&ctl->pause);
+        ctl->listener = NULL;
+    }
+    if (ctl->listener != NULL)
+        evconnlistener_set_error_cb(ctl->listener, control_accept_error_cb);
     if (ctl->listener == NULL) {
         snprintf(err, errlen, "cannot listen on the control socket");
         free(ctl);
@@ -1171,6 +1189,7 @@ void control_free(struct control *ctl)
         // NOLINTNEXTLINE(clang-analyzer-unix.Malloc)
         conn_free(c);
     evconnlistener_free(ctl->listener);
+    listen_pause_clear(&ctl->pause);
     free(ctl);
 }
 

@@ -33,6 +33,7 @@
 #include "pool.h"
 #include "queue.h"
 #include "route.h"
+#include "unixsock.h"
 
 /* Errors after which a client is disconnected (a confused or hostile peer). */
 #define MAX_BAD_COMMANDS 20
@@ -84,6 +85,7 @@ struct submit_server {
     struct pool *pool;
     struct queue *queue;
     struct evconnlistener *listener;
+    struct listen_pause pause;
     TAILQ_HEAD(, client) clients;
     size_t nclients;
     unsigned long next_id;
@@ -642,11 +644,19 @@ static int client_read_groups(struct client *c, int fd)
     return 0;
 }
 
+/* accept() failed: out of descriptors or memory pauses accepting (see unixsock.h). */
+static void submit_accept_error_cb(struct evconnlistener *l, void *arg)
+{
+    struct submit_server *srv = arg;
+    listen_pause_error(&srv->pause);
+}
+
 static void submit_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
                              int salen, void *arg)
 {
     struct submit_server *srv = arg;
     const struct config *cfg = srv->cfg;
+    listen_pause_accepted(&srv->pause);
     if (srv->nclients >= cfg->max_clients) {
         static const char busy[] = "421 4.3.2 Too many clients, try again later\r\n";
         ssize_t n = send(fd, busy, sizeof(busy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -716,6 +726,14 @@ struct submit_server *submit_new(struct event_base *base, const struct config *c
     srv->queue = queue;
     TAILQ_INIT(&srv->clients);
     srv->listener = evconnlistener_new(base, submit_accept_cb, srv, LEV_OPT_CLOSE_ON_EXEC, -1, fd);
+    if (srv->listener != NULL &&
+        listen_pause_init(&srv->pause, base, srv->listener, "submit") != 0) {
+        evconnlistener_free(srv->listener);
+        listen_pause_clear(&srv->pause);
+        srv->listener = NULL;
+    }
+    if (srv->listener != NULL)
+        evconnlistener_set_error_cb(srv->listener, submit_accept_error_cb);
     if (srv->listener == NULL) {
         snprintf(err, errlen, "cannot listen on the submission socket");
         free(srv);
@@ -726,7 +744,7 @@ struct submit_server *submit_new(struct event_base *base, const struct config *c
 
 void submit_stop_accepting(struct submit_server *srv)
 {
-    evconnlistener_disable(srv->listener);
+    listen_pause_stop(&srv->pause);
 }
 
 void submit_free(struct submit_server *srv)
@@ -739,6 +757,7 @@ void submit_free(struct submit_server *srv)
         // NOLINTNEXTLINE(clang-analyzer-unix.Malloc)
         client_free(c);
     evconnlistener_free(srv->listener);
+    listen_pause_clear(&srv->pause);
     free(srv);
 }
 

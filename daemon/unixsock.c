@@ -6,12 +6,16 @@
 #include "unixsock.h"
 
 #include <errno.h>
+#include <event2/event.h>
+#include <event2/listener.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
+
+#include "log.h"
 
 int unix_listen(const char *path, unsigned mode, char *err, size_t errlen)
 {
@@ -59,4 +63,66 @@ int unix_listen_group(const char *path, unsigned mode, int has_group, gid_t gid,
         return -1;
     }
     return fd;
+}
+
+/* How long accepting pauses after accept() ran out of descriptors or memory. */
+#define LISTEN_PAUSE_MS 200
+
+static void listen_pause_resume(evutil_socket_t fd, short what, void *arg)
+{
+    struct listen_pause *lp = arg;
+    if (lp->stopped)
+        return;
+    evconnlistener_enable(lp->lev);
+}
+
+int listen_pause_init(struct listen_pause *lp, struct event_base *base, struct evconnlistener *lev,
+                      const char *what)
+{
+    memset(lp, 0, sizeof(*lp));
+    lp->lev = lev;
+    lp->what = what;
+    lp->timer = evtimer_new(base, listen_pause_resume, lp);
+    return lp->timer ? 0 : -1;
+}
+
+void listen_pause_error(struct listen_pause *lp)
+{
+    int e = EVUTIL_SOCKET_ERROR();
+    if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM) {
+        if (!lp->paused)
+            log_error("listen socket=%s accept failed: %s; pausing new connections for %d ms "
+                      "at a time until resources are free",
+                      lp->what, strerror(e), LISTEN_PAUSE_MS);
+        lp->paused = 1;
+        evconnlistener_disable(lp->lev);
+        struct timeval tv = {0, LISTEN_PAUSE_MS * 1000};
+        evtimer_add(lp->timer, &tv);
+        return;
+    }
+    /* Other errors (ECONNABORTED and the like) concern one connection only. */
+    log_info("listen socket=%s accept failed: %s", lp->what, strerror(e));
+}
+
+void listen_pause_accepted(struct listen_pause *lp)
+{
+    if (lp->paused) {
+        lp->paused = 0;
+        log_info("listen socket=%s accepting connections again", lp->what);
+    }
+}
+
+void listen_pause_stop(struct listen_pause *lp)
+{
+    lp->stopped = 1;
+    if (lp->timer)
+        evtimer_del(lp->timer);
+    evconnlistener_disable(lp->lev);
+}
+
+void listen_pause_clear(struct listen_pause *lp)
+{
+    if (lp->timer)
+        event_free(lp->timer);
+    lp->timer = NULL;
 }

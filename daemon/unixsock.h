@@ -22,4 +22,32 @@ int unix_listen(const char *path, unsigned mode, char *err, size_t errlen);
 int unix_listen_group(const char *path, unsigned mode, int has_group, gid_t gid, char *err,
                       size_t errlen);
 
+/*
+ * Pausing a listener when accept() fails for want of descriptors or memory
+ * (EMFILE, ENFILE, ENOBUFS, ENOMEM): the listening socket stays readable, so
+ * without a pause the loop would spin at full CPU and log without end.  The
+ * owner calls listen_pause_error() from its evconnlistener error callback;
+ * accepting resumes after a short delay, and one log line marks each episode.
+ */
+struct event_base;
+struct event;
+struct evconnlistener;
+
+struct listen_pause {
+    struct evconnlistener *lev;
+    struct event *timer;
+    const char *what; /* "submission", "control": for the log */
+    int stopped;      /* the owner stopped accepting for good: never resume */
+    int paused;
+};
+
+int listen_pause_init(struct listen_pause *lp, struct event_base *base, struct evconnlistener *lev,
+                      const char *what);
+void listen_pause_error(struct listen_pause *lp);
+/* From the accept callback: a connection came in, so an episode is over. */
+void listen_pause_accepted(struct listen_pause *lp);
+/* The owner stops accepting (shutdown): disable and never resume. */
+void listen_pause_stop(struct listen_pause *lp);
+void listen_pause_clear(struct listen_pause *lp);
+
 #endif
