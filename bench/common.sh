@@ -1,5 +1,6 @@
 # Shell functions shared by the bench/ drivers (sourced, not run).
-# They expect $work (the run's temp directory) to be set.
+# They expect $work (the run's temp directory) to be set, and start_daemon
+# also $BUILD_DIR and $pids.
 
 free_port() {
     /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -34,4 +35,18 @@ run_case() {
     mid=$(sort -n "$work/case.rank" | sed -n "$(((runs + 1) / 2))p" | cut -d' ' -f2)
     printf '%s|%s|%s\n' "$role" "$label" "$(tr '\n' ';' <"$work/case.$mid")" >>"$work/results"
     rm -f "$work"/case.*
+}
+
+# start_daemon: run mailpoold on $work/mailpool.conf (log in $work/mailpoold.log),
+# add it to $pids, set $daemon_pid, and wait until both of its sockets exist.
+start_daemon() {
+    "$BUILD_DIR/mailpoold" -c "$work/mailpool.conf" 2>"$work/mailpoold.log" &
+    daemon_pid=$!
+    pids="$pids $daemon_pid"
+    i=0
+    while [ ! -S "$work/submit.sock" ] || [ ! -S "$work/control.sock" ]; do
+        kill -0 "$daemon_pid" 2>/dev/null || { cat "$work/mailpoold.log" >&2; exit 1; }
+        i=$((i + 1)); [ $i -lt 100 ] || { echo "mailpoold did not start" >&2; exit 1; }
+        sleep 0.05
+    done
 }

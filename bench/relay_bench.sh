@@ -143,15 +143,7 @@ relays = {
 };
 CONF
 mkdir -p "$work/spool"
-"$BUILD_DIR/mailpoold" -c "$work/mailpool.conf" 2>"$work/mailpoold.log" &
-daemon_pid=$!
-pids="$pids $daemon_pid"
-i=0
-while [ ! -S "$work/submit.sock" ] || [ ! -S "$work/control.sock" ]; do
-    kill -0 "$daemon_pid" 2>/dev/null || { cat "$work/mailpoold.log" >&2; exit 1; }
-    i=$((i + 1)); [ $i -lt 100 ] || { echo "mailpoold did not start" >&2; exit 1; }
-    sleep 0.05
-done
+start_daemon
 $helper control -s "$work/control.sock" pool --wait-idle 8 >/dev/null
 rss idle "idle after start"
 

@@ -102,15 +102,7 @@ relays = {
 };
 CONF
 mkdir -p "$work/spool"
-"$BUILD_DIR/mailpoold" -c "$work/mailpool.conf" 2>"$work/mailpoold.log" &
-daemon_pid=$!
-pids="$pids $daemon_pid"
-i=0
-while [ ! -S "$work/submit.sock" ] || [ ! -S "$work/control.sock" ]; do
-    kill -0 "$daemon_pid" 2>/dev/null || { cat "$work/mailpoold.log" >&2; exit 1; }
-    i=$((i + 1)); [ $i -lt 100 ] || { echo "mailpoold did not start" >&2; exit 1; }
-    sleep 0.05
-done
+start_daemon
 
 # 3. RSS and open fds of the daemon, once a second: "seconds rss_kB fds".
 (

@@ -569,7 +569,9 @@ static void queue_cmd_answer(struct json_writer *w, int rc, const char *id, cons
     ctl_error(w, CTL_E_INTERNAL, "internal error");
 }
 
-static void cmd_hold(struct control *ctl, const struct ctl_request *req, struct json_writer *w)
+/* hold, release, delete: one message by id, answered by queue_cmd_answer(). */
+static void queue_id_cmd(struct control *ctl, const struct ctl_request *req, struct json_writer *w,
+                         int (*op)(struct queue *, const char *), const char *state_msg)
 {
     const char *id = req->argv[1];
     if (ctl->queue == NULL)
@@ -577,29 +579,22 @@ static void cmd_hold(struct control *ctl, const struct ctl_request *req, struct 
     else if (!valid_id(id))
         ctl_error(w, CTL_E_BAD, "invalid message id \"%s\"", id);
     else
-        queue_cmd_answer(w, queue_hold(ctl->queue, id), id, "already held");
+        queue_cmd_answer(w, op(ctl->queue, id), id, state_msg);
+}
+
+static void cmd_hold(struct control *ctl, const struct ctl_request *req, struct json_writer *w)
+{
+    queue_id_cmd(ctl, req, w, queue_hold, "already held");
 }
 
 static void cmd_release(struct control *ctl, const struct ctl_request *req, struct json_writer *w)
 {
-    const char *id = req->argv[1];
-    if (ctl->queue == NULL)
-        ctl_error(w, CTL_E_UNAVAILABLE, "the queue is not available");
-    else if (!valid_id(id))
-        ctl_error(w, CTL_E_BAD, "invalid message id \"%s\"", id);
-    else
-        queue_cmd_answer(w, queue_release(ctl->queue, id), id, "not held");
+    queue_id_cmd(ctl, req, w, queue_release, "not held");
 }
 
 static void cmd_delete(struct control *ctl, const struct ctl_request *req, struct json_writer *w)
 {
-    const char *id = req->argv[1];
-    if (ctl->queue == NULL)
-        ctl_error(w, CTL_E_UNAVAILABLE, "the queue is not available");
-    else if (!valid_id(id))
-        ctl_error(w, CTL_E_BAD, "invalid message id \"%s\"", id);
-    else
-        queue_cmd_answer(w, queue_delete(ctl->queue, id), id, "cannot delete it now");
+    queue_id_cmd(ctl, req, w, queue_delete, "cannot delete it now");
 }
 
 static void cmd_reload(struct control *ctl, const struct ctl_request *req, struct json_writer *w)
