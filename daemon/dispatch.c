@@ -9,10 +9,13 @@
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/event.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "bodyfile.h"
 #include "config.h"
 #include "log.h"
 #include "message.h"
@@ -142,10 +145,24 @@ static int copy_from(struct evbuffer *dst, struct evbuffer *src, size_t from)
     return 0;
 }
 
-/* A new body: src's header section fixed for fx, then the rest of src.  NULL when out of memory. */
-static struct evbuffer *fix_body(const struct address_fixing *fx, const char *sender,
-                                 struct evbuffer *src)
+/*
+ * Append m's body from byte `from` to dst: another mapping of its file when
+ * it has one (no copy on the heap), else a copy.
+ */
+static int share_from(struct evbuffer *dst, const struct message *m, size_t from)
 {
+    size_t total = evbuffer_get_length(m->body);
+    if (m->body_fd >= 0 && from <= total)
+        return bodyfile_add(dst, m->body_fd, (off_t)from, total - from);
+    return copy_from(dst, m->body, from);
+}
+
+/* A new body: m's header section fixed for fx, then the rest of m's body.  NULL when out of memory.
+ */
+static struct evbuffer *fix_body(const struct address_fixing *fx, const char *sender,
+                                 const struct message *m)
+{
+    struct evbuffer *src = m->body;
     size_t total = evbuffer_get_length(src), cand = total;
     struct evbuffer_ptr end = evbuffer_search(src, "\r\n\r\n", 4, NULL);
     if (end.pos >= 0)
@@ -160,7 +177,7 @@ static struct evbuffer *fix_body(const struct address_fixing *fx, const char *se
     size_t outlen = 0;
     struct evbuffer *b = evbuffer_new();
     if (b == NULL || rewrite_headers(fx, sender, h, hl, &out, &outlen) < 0 ||
-        evbuffer_add(b, out, outlen) < 0 || copy_from(b, src, hl) < 0) {
+        evbuffer_add(b, out, outlen) < 0 || share_from(b, m, hl) < 0) {
         free(out);
         if (b)
             evbuffer_free(b);
@@ -214,11 +231,15 @@ static int part_fill(struct part *p, struct message *m, struct message *sub)
         }
     }
     struct evbuffer *body = NULL;
+    int body_fd = -1; /* the file that holds exactly body, if any */
     if (active) {
-        body = fix_body(fx, sender, m->body);
-    } else if (sub != m && (body = evbuffer_new()) != NULL && copy_from(body, m->body, 0) < 0) {
-        evbuffer_free(body);
-        body = NULL;
+        body = fix_body(fx, sender, m);
+    } else if (sub != m && (body = evbuffer_new()) != NULL) {
+        if (share_from(body, m, 0) < 0 ||
+            (m->body_fd >= 0 && (body_fd = fcntl(m->body_fd, F_DUPFD_CLOEXEC, 0)) < 0)) {
+            evbuffer_free(body);
+            body = NULL;
+        }
     }
     if (body == NULL && (active || sub != m)) {
         free(sender);
@@ -229,6 +250,10 @@ static int part_fill(struct part *p, struct message *m, struct message *sub)
             evbuffer_free(sub->body);
         sub->body = body;
         sub->size = evbuffer_get_length(body);
+        /* A fixed header makes the body differ from the file: it is not the file any more. */
+        if (sub->body_fd >= 0)
+            close(sub->body_fd);
+        sub->body_fd = body_fd;
     }
     free(sub->sender);
     sub->sender = sender;

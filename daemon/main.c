@@ -376,7 +376,7 @@ int main(int argc, char **argv)
         fatal("spool: %s", err);
     if (recovered > 0)
         log_info("queue: %ld messages recovered from %s", recovered, d.cfg->spool_dir);
-    d.submit = submit_new(d.base, d.cfg, d.pool, d.queue, d.submit_fd, err, sizeof(err));
+    d.submit = submit_new(d.base, d.cfg, d.pool, d.queue, d.spool, d.submit_fd, err, sizeof(err));
     if (d.submit == NULL)
         fatal("%s", err);
     /* Mail keeps flowing without the control socket, so failing to create it is not fatal. */

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/random.h>
+#include <unistd.h>
 
 static void make_id(char out[MESSAGE_ID_LEN + 1])
 {
@@ -39,6 +40,7 @@ struct message *message_new(void)
         return NULL;
     }
     m->mode = -1;
+    m->body_fd = -1;
     make_id(m->id);
     return m;
 }
@@ -61,6 +63,8 @@ void message_free(struct message *m)
     free(m->relay);
     if (m->body)
         evbuffer_free(m->body);
+    if (m->body_fd >= 0)
+        close(m->body_fd);
     free(m);
 }
 

@@ -31,7 +31,8 @@ struct message {
     char **rcpts;
     size_t nrcpts;
     struct rcpt_result *results; /* nrcpts entries */
-    struct evbuffer *body;       /* canonical text */
+    struct evbuffer *body;       /* canonical text (maybe a mapping of body_fd) */
+    int body_fd;                 /* anonymous file holding the body (bodyfile.h), or -1 */
     size_t size;                 /* bytes in body */
     int eightbit;                /* body has bytes >= 0x80 (or BODY=8BITMIME was given) */
     int smtputf8;                /* SMTPUTF8 was given */

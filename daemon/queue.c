@@ -787,7 +787,7 @@ int queue_submit(struct queue *q, struct message *m, const struct relay_config *
     it->submit_cb = cb;
     it->submit_arg = arg;
     TAILQ_INSERT_TAIL(&q->committing, it, entry);
-    if (spool_commit(q->spool, e, m->body, committed_cb, it) != 0) {
+    if (spool_commit(q->spool, e, m->body, m->body_fd, committed_cb, it) != 0) {
         TAILQ_REMOVE(&q->committing, it, entry);
         evbuffer_free(empty);
         goto oom;

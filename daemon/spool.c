@@ -5,6 +5,7 @@
  * come back to the event loop.  Envelope fields follow RFC 5321 and RFC 3461.
  */
 #include "spool.h"
+#include "bodyfile.h"
 #include "log.h"
 
 #include <dirent.h>
@@ -458,13 +459,18 @@ struct job {
     int err; /* errno value, set on the I/O thread */
     char id[SPOOL_ID_MAX + 1];
     int from, to; /* directory slots */
-    char *data;   /* commit: the whole file; load: the body read */
+    char *data;   /* commit: the whole file, or the header if src_fd is set; load: the body read */
     size_t len;   /* bytes in data (load: bytes to read) */
-    off_t off;    /* mark: state byte; load: body start */
-    char state;   /* mark: new state */
-    int fd;       /* commit and mark, while a group is in progress */
-    int in_tmp;   /* commit: tmp/<id> exists and is ours to remove */
-    int renamed;  /* commit: now queue/<id> */
+    int src_fd;   /* commit: the body is this file's first body_len bytes, or -1 */
+    size_t body_len;
+    const char *map_data; /* load: a mapping of the body (large bodies) instead of data */
+    void *map_base;
+    size_t map_len;
+    off_t off;   /* mark: state byte; load: body start */
+    char state;  /* mark: new state */
+    int fd;      /* commit and mark, while a group is in progress */
+    int in_tmp;  /* commit: tmp/<id> exists and is ours to remove */
+    int renamed; /* commit: now queue/<id> */
     spool_cb cb;
     spool_body_cb body_cb;
     void *arg;
@@ -490,6 +496,9 @@ struct spool {
 
 static void job_free(struct job *j)
 {
+    if (j->src_fd >= 0)
+        close(j->src_fd);
+    bodyfile_unmap(j->map_base, j->map_len);
     free(j->data);
     free(j);
 }
@@ -570,6 +579,36 @@ static int id_exists(const struct spool *s, const char *id)
     return 0;
 }
 
+/* Append n bytes of src (from its start) to dst: in the kernel where it can. */
+static int copy_body(int dst, int src, size_t n)
+{
+    off_t in = 0;
+    char buf[65536];
+
+    while (n > 0) {
+        ssize_t c = copy_file_range(src, &in, dst, NULL, n, 0);
+        if (c > 0) {
+            n -= (size_t)c;
+            continue;
+        }
+        if (c == 0) {
+            errno = EIO; /* the body file is shorter than it was */
+            return -1;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno != EXDEV && errno != EINVAL && errno != ENOSYS && errno != EOPNOTSUPP)
+            return -1;
+        /* Across file systems (or none at all): a plain copy. */
+        size_t want = n < sizeof buf ? n : sizeof buf;
+        if (pread_all(src, buf, want, in) < 0 || write_all(dst, buf, want) < 0)
+            return -1;
+        in += (off_t)want;
+        n -= want;
+    }
+    return 0;
+}
+
 static void commit_fail(struct spool *s, struct job *j, int err)
 {
     char eb[128];
@@ -631,7 +670,7 @@ static unsigned long commit_group(struct spool *s, struct job *list)
     }
 
     for (struct job *j = list; j != NULL; j = j->next) {
-        uint64_t need = j->len + block; /* the last block is rounded up */
+        uint64_t need = j->len + j->body_len + block; /* the last block is rounded up */
         if (j->kind != JOB_COMMIT)
             continue;
         j->fd = -1;
@@ -655,7 +694,8 @@ static unsigned long commit_group(struct spool *s, struct job *list)
             continue;
         }
         j->in_tmp = 1;
-        if (write_all(j->fd, j->data, j->len) < 0) {
+        if (write_all(j->fd, j->data, j->len) < 0 ||
+            (j->src_fd >= 0 && copy_body(j->fd, j->src_fd, j->body_len) < 0)) {
             commit_fail(s, j, errno);
             continue;
         }
@@ -804,6 +844,15 @@ static void load_one(struct spool *s, struct job *j)
         j->err = errno;
     } else if (j->off < 0 || (uint64_t)st.st_size < (uint64_t)j->off + j->len) {
         j->err = EIO; /* truncated since it was parsed */
+    } else if (j->len >= BODYFILE_SPILL_AT) {
+        /*
+         * Large bodies are mapped, not copied onto the heap: the page cache
+         * holds them, and a retry of a big message costs no daemon memory.
+         * Spool files are the daemon's own (0600 in a 0700 directory) and it
+         * never truncates one, so the mapping stays valid.
+         */
+        if (bodyfile_map(fd, j->off, j->len, &j->map_data, &j->map_base, &j->map_len) < 0)
+            j->err = errno;
     } else if ((j->data = malloc(j->len > 0 ? j->len : 1)) == NULL) {
         j->err = ENOMEM;
     } else if (pread_all(fd, j->data, j->len, j->off) < 0) {
@@ -915,7 +964,11 @@ static void deliver(struct job *list)
             struct evbuffer *b = NULL;
             if (j->err == 0 && (b = evbuffer_new()) == NULL)
                 j->err = ENOMEM;
-            if (j->err == 0 && j->len > 0) {
+            if (j->err == 0 && j->map_base != NULL) {
+                if (bodyfile_add_mapping(b, j->map_data, j->len, j->map_base, j->map_len) < 0)
+                    j->err = ENOMEM;
+                j->map_base = NULL; /* unmapped by b, or already on failure */
+            } else if (j->err == 0 && j->len > 0) {
                 if (evbuffer_add_reference(b, j->data, j->len, free_body, NULL) == 0)
                     j->data = NULL; /* the evbuffer frees it */
                 else
@@ -980,14 +1033,15 @@ static struct job *job_new(enum job_kind kind, const char *id, spool_cb cb, void
         return NULL;
     j->kind = kind;
     j->fd = -1;
+    j->src_fd = -1;
     memcpy(j->id, id, strlen(id) + 1);
     j->cb = cb;
     j->arg = arg;
     return j;
 }
 
-int spool_commit(struct spool *s, struct spool_entry *e, struct evbuffer *body, spool_cb cb,
-                 void *arg)
+int spool_commit(struct spool *s, struct spool_entry *e, struct evbuffer *body, int body_fd,
+                 spool_cb cb, void *arg)
 {
     struct evbuffer *hdr;
     struct job *j;
@@ -1006,6 +1060,18 @@ int spool_commit(struct spool *s, struct spool_entry *e, struct evbuffer *body, 
         return -1;
     }
     hlen = evbuffer_get_length(hdr);
+    if (body_fd >= 0) {
+        /* The I/O thread copies the body from its own descriptor of the file. */
+        if ((j->src_fd = fcntl(body_fd, F_DUPFD_CLOEXEC, 0)) < 0) {
+            int err = errno;
+            evbuffer_free(hdr);
+            job_free(j);
+            errno = err;
+            return -1;
+        }
+        j->body_len = blen;
+        blen = 0;
+    }
     /* One contiguous copy: the caller's evbuffer stays on the loop thread. */
     if ((j->data = malloc(hlen + blen)) == NULL ||
         evbuffer_copyout(hdr, j->data, hlen) != (ev_ssize_t)hlen ||
@@ -1404,4 +1470,17 @@ long spool_recover(struct spool *s, void (*found)(struct spool_entry *e, int hel
         closedir(d);
     }
     return count;
+}
+
+int spool_tmpfile(struct spool *s)
+{
+    struct statvfs sv;
+
+    if (fstatvfs(s->root, &sv) < 0)
+        return -1;
+    if ((uint64_t)sv.f_bavail * sv.f_frsize < s->min_free + BODYFILE_SPILL_AT) {
+        errno = ENOSPC;
+        return -1;
+    }
+    return bodyfile_create(s->dirs[DIR_TMP]);
 }

@@ -148,7 +148,10 @@ typedef void (*spool_cb)(int err, void *arg);
 
 /*
  * Make a message durable: e (id, envelope, rcpts all SPOOL_PENDING) and its
- * canonical body.  The spool copies what it needs before returning.  cb(0)
+ * canonical body.  The spool copies what it needs before returning; when
+ * body_fd is not -1, body is that file's content (its first
+ * evbuffer_get_length(body) bytes) and the I/O thread copies it from a
+ * duplicate of the descriptor instead of from memory.  cb(0)
  * only once the file is in queue/ and both it and the directory entry are
  * on disk; cb(ENOSPC) when the disk is full or below min_free, cb(errno) on
  * other errors (EEXIST: the id is already in queue/, hold/ or failed/), and
@@ -156,8 +159,16 @@ typedef void (*spool_cb)(int err, void *arg);
  * the state offsets.  Returns 0, or -1 when the job cannot even be queued
  * (EINVAL: invalid id or a field that cannot be stored; ENOMEM).
  */
-int spool_commit(struct spool *s, struct spool_entry *e, struct evbuffer *body, spool_cb cb,
-                 void *arg);
+int spool_commit(struct spool *s, struct spool_entry *e, struct evbuffer *body, int body_fd,
+                 spool_cb cb, void *arg);
+
+/*
+ * A new anonymous file in tmp/ for a message body that is still arriving
+ * (bodyfile.h), on the spool's file system so spooling it later is a copy
+ * within one disk.  Returns the descriptor, or -1 with errno (ENOSPC when
+ * the disk is below min_free).
+ */
+int spool_tmpfile(struct spool *s);
 
 /*
  * Record recipient i's new state durably (pwrite of the state byte + sync;
@@ -170,7 +181,8 @@ int spool_mark(struct spool *s, const struct spool_entry *e, int held, size_t i,
                spool_cb cb, void *arg);
 
 /*
- * Read the body (e->body_size bytes at e->body_off) into a new evbuffer that
+ * Read the body (e->body_size bytes at e->body_off; large bodies are mapped,
+ * not copied) into a new evbuffer that
  * cb takes over (NULL when err != 0: ENOENT, EIO for a file shorter than its
  * header says, ENOMEM).  Returns 0, or -1 (EINVAL, ENOMEM) if not queued.
  */

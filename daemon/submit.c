@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "body.h"
+#include "bodyfile.h"
 #include "config.h"
 #include "dispatch.h"
 #include "ioev.h"
@@ -33,6 +34,7 @@
 #include "pool.h"
 #include "queue.h"
 #include "route.h"
+#include "spool.h"
 #include "unixsock.h"
 
 /* Errors after which a client is disconnected (a confused or hostile peer). */
@@ -74,6 +76,8 @@ struct client {
     const struct config *route_cfg; /* the config rcpt_relay was decided under */
     struct body_decoder dec;
     int too_big;
+    size_t in_file; /* bytes of msg's body already in msg->body_fd */
+    int store_err;  /* errno of a failed write of the body to its file: 452 at the end */
     int bad_commands;
     int in_read;
     TAILQ_ENTRY(client) entry;
@@ -84,6 +88,7 @@ struct submit_server {
     const struct config *cfg;
     struct pool *pool;
     struct queue *queue;
+    struct spool *spool;
     struct evconnlistener *listener;
     struct listen_pause pause;
     TAILQ_HEAD(, client) clients;
@@ -152,6 +157,8 @@ static void client_reset_txn(struct client *c)
     free(c->rcpt_relay);
     c->rcpt_relay = NULL;
     c->too_big = 0;
+    c->in_file = 0;
+    c->store_err = 0;
 }
 
 static void client_bad(struct client *c, const char *reply)
@@ -216,6 +223,24 @@ static void client_data_done(struct client *c)
         client_set_state(c, CS_READY);
         return;
     }
+    if (m->body_fd >= 0 && c->store_err == 0) {
+        /* The tail still in memory joins the rest; then the whole file is mapped. */
+        size_t tail = evbuffer_get_length(m->body);
+        if (bodyfile_append_buffer(m->body_fd, m->body) < 0 ||
+            bodyfile_add(m->body, m->body_fd, 0, c->in_file + tail) < 0)
+            c->store_err = errno;
+        else
+            c->in_file += tail;
+    }
+    if (c->store_err != 0) {
+        log_warn("submit client=%lu msg id=%s: cannot keep the message data on disk: %s", c->id,
+                 m->id, strerror(c->store_err));
+        for (size_t i = 0; i < m->nrcpts; i++)
+            client_reply(c, "452 4.3.1 Insufficient system storage, try again later");
+        client_reset_txn(c);
+        client_set_state(c, CS_READY);
+        return;
+    }
     m->size = evbuffer_get_length(m->body);
     if (body_decoder_8bit(&c->dec))
         m->eightbit = 1;
@@ -251,6 +276,41 @@ static void client_data_done(struct client *c)
     }
 }
 
+/* Forget the data received so far (the file, if any, goes with its descriptor). */
+static void client_drop_body(struct client *c)
+{
+    struct message *m = c->msg;
+    evbuffer_drain(m->body, evbuffer_get_length(m->body));
+    if (m->body_fd >= 0)
+        close(m->body_fd);
+    m->body_fd = -1;
+    c->in_file = 0;
+}
+
+/*
+ * Move what the body holds in memory to its file (made on first use), so a
+ * client's message costs the daemon at most BODYFILE_SPILL_AT bytes of
+ * memory however large or slow it is.  A failure (disk full, below
+ * spool.min_free) is remembered: the rest is read and dropped, and the
+ * recipients get 452 at the end of the data.
+ */
+static void client_spill(struct client *c)
+{
+    struct message *m = c->msg;
+    size_t n = evbuffer_get_length(m->body);
+    if (m->body_fd < 0 && (m->body_fd = spool_tmpfile(c->srv->spool)) < 0) {
+        c->store_err = errno;
+        client_drop_body(c);
+        return;
+    }
+    if (bodyfile_append_buffer(m->body_fd, m->body) < 0) {
+        c->store_err = errno;
+        client_drop_body(c);
+        return;
+    }
+    c->in_file += n;
+}
+
 /* Decode DATA from the input buffer.  Returns 1 when the end was reached. */
 static int client_read_data(struct client *c)
 {
@@ -271,14 +331,15 @@ static int client_read_data(struct client *c)
         size_t outlen = 0;
         int done = 0;
         size_t used = body_decode(&c->dec, v.iov_base, len, w.iov_base, &outlen, &done);
-        w.iov_len = c->too_big ? 0 : outlen;
+        w.iov_len = c->too_big || c->store_err ? 0 : outlen;
         evbuffer_commit_space(body, &w, 1);
         evbuffer_drain(in, used);
-        if (!c->too_big && evbuffer_get_length(body) > max) {
+        if (!c->too_big && c->in_file + evbuffer_get_length(body) > max) {
             /* Past the limit: keep reading to the end, but store nothing more. */
             c->too_big = 1;
-            evbuffer_drain(body, evbuffer_get_length(body));
-        }
+            client_drop_body(c);
+        } else if (!c->too_big && !c->store_err && evbuffer_get_length(body) >= BODYFILE_SPILL_AT)
+            client_spill(c);
         client_touch(c);
         if (done)
             return 1;
@@ -712,8 +773,8 @@ static void submit_accept_cb(struct evconnlistener *l, evutil_socket_t fd, struc
 /* ---- setup --------------------------------------------------------------- */
 
 struct submit_server *submit_new(struct event_base *base, const struct config *cfg,
-                                 struct pool *pool, struct queue *queue, int fd, char *err,
-                                 size_t errlen)
+                                 struct pool *pool, struct queue *queue, struct spool *spool,
+                                 int fd, char *err, size_t errlen)
 {
     struct submit_server *srv = calloc(1, sizeof(*srv));
     if (srv == NULL) {
@@ -724,6 +785,7 @@ struct submit_server *submit_new(struct event_base *base, const struct config *c
     srv->cfg = cfg;
     srv->pool = pool;
     srv->queue = queue;
+    srv->spool = spool;
     TAILQ_INIT(&srv->clients);
     srv->listener = evconnlistener_new(base, submit_accept_cb, srv, LEV_OPT_CLOSE_ON_EXEC, -1, fd);
     if (srv->listener != NULL &&

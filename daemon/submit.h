@@ -13,15 +13,18 @@ struct event_base;
 struct config;
 struct pool;
 struct queue;
+struct spool;
 struct submit_server;
 
 /*
  * Serve LMTP on the listening socket fd (not owned): relay-mode messages go
- * to the pool, queue-mode ones to the queue.  NULL on error.
+ * to the pool, queue-mode ones to the queue.  Message data past
+ * BODYFILE_SPILL_AT bytes is kept in a file from spool_tmpfile(spool)
+ * while it arrives.  NULL on error.
  */
 struct submit_server *submit_new(struct event_base *base, const struct config *cfg,
-                                 struct pool *pool, struct queue *queue, int fd, char *err,
-                                 size_t errlen);
+                                 struct pool *pool, struct queue *queue, struct spool *spool,
+                                 int fd, char *err, size_t errlen);
 
 /*
  * A reload: read settings from cfg from now on (clients already connected

@@ -46,7 +46,7 @@ static void start_one(struct bench *b)
     e.nrcpts = 1;
     snprintf(e.id, sizeof(e.id), "B%08ld%06d", b->started, (int)(time(NULL) % 1000000));
     b->started++;
-    if (spool_commit(b->spool, &e, b->body, on_commit, b) != 0) {
+    if (spool_commit(b->spool, &e, b->body, -1, on_commit, b) != 0) {
         fprintf(stderr, "spool_commit: %s\n", strerror(errno));
         b->failed = 1;
         b->done++;

@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "bodyfile.h"
 #include "check.h"
 #include "log.h"
 #include "spool.h"
@@ -194,7 +195,7 @@ static int commit_wait(struct spool *s, struct spool_entry *e, const char *body)
 {
     struct waiter w = {0};
     struct evbuffer *b = body_of(body);
-    int rc = spool_commit(s, e, b, on_done, &w);
+    int rc = spool_commit(s, e, b, -1, on_done, &w);
     evbuffer_free(b);
     if (rc != 0)
         return -1;
@@ -670,7 +671,7 @@ static void on_close_done(int err, void *arg)
     c->calls++;
     c->err = err;
     entry_init(&e, "REQUEUE", 1);
-    if (spool_commit(c->s, &e, b, on_done, NULL) == -1)
+    if (spool_commit(c->s, &e, b, -1, on_done, NULL) == -1)
         c->requeue_errno = errno;
     spool_entry_clear(&e);
     evbuffer_free(b);
@@ -741,9 +742,9 @@ static void test_commit(void)
     set_str(&bad.sender, "a\nb");
     struct evbuffer *b = body_of("x");
     struct waiter w = {0};
-    CHECK(spool_commit(s, &bad, b, on_done, &w) == -1 && errno == EINVAL);
+    CHECK(spool_commit(s, &bad, b, -1, on_done, &w) == -1 && errno == EINVAL);
     memcpy(bad.id, "../x", 5);
-    CHECK(spool_commit(s, &bad, b, on_done, &w) == -1 && errno == EINVAL);
+    CHECK(spool_commit(s, &bad, b, -1, on_done, &w) == -1 && errno == EINVAL);
     evbuffer_free(b);
     spool_entry_clear(&bad);
     CHECK(w.calls == 0);
@@ -753,7 +754,7 @@ static void test_commit(void)
     struct spool_entry late;
     entry_init(&late, "LATE1", 1);
     b = body_of("late body");
-    CHECK(spool_commit(s, &late, b, on_close_done, &cc) == 0);
+    CHECK(spool_commit(s, &late, b, -1, on_close_done, &cc) == 0);
     evbuffer_free(b);
     spool_close(s); /* no loop run in between */
     CHECK(cc.calls == 1 && cc.err == 0 && cc.requeue_errno == ESHUTDOWN);
@@ -786,7 +787,7 @@ static void test_commit_many(void)
         char id[32];
         snprintf(id, sizeof(id), "M%06d", i);
         entry_init(&e, id, 2);
-        CHECK(spool_commit(s, &e, body, on_done, &w) == 0);
+        CHECK(spool_commit(s, &e, body, -1, on_done, &w) == 0);
         spool_entry_clear(&e);
     }
     CHECK(wait_for(&w.calls, N) == 0);
@@ -872,7 +873,7 @@ static void test_enospc(void)
             char id[16];
             snprintf(id, sizeof(id), "FILL%d", i);
             entry_init(&e, id, 1);
-            CHECK(spool_commit(s, &e, eb, on_done, &w) == 0);
+            CHECK(spool_commit(s, &e, eb, -1, on_done, &w) == 0);
             spool_entry_clear(&e);
         }
         CHECK(wait_for(&w.calls, 6) == 0);
@@ -1214,7 +1215,7 @@ static void test_load_body(void)
     struct evbuffer *b = evbuffer_new();
     evbuffer_add(b, data, SIZE);
     entry_init(&e, "BIGBODY", 1);
-    CHECK(spool_commit(s, &e, b, on_done, &w) == 0);
+    CHECK(spool_commit(s, &e, b, -1, on_done, &w) == 0);
     evbuffer_free(b);
     CHECK(wait_for(&w.calls, 1) == 0 && w.err == 0);
     CHECK(e.body_size == SIZE);
@@ -1268,6 +1269,156 @@ static void test_load_body(void)
     rm_rf(dir);
 }
 
+/* Anonymous body files: no name, exact appends, mappings at any offset. */
+static void test_bodyfile(void)
+{
+    enum { SIZE = 3 * 1000 * 1000 + 7 };
+    char *dir = make_tmpdir();
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    unsigned char *data = malloc(SIZE);
+
+    CHECK(dfd >= 0 && data != NULL);
+    for (size_t i = 0; i < SIZE; i++)
+        data[i] = (unsigned char)unit_rand();
+
+    check_case = "created without a name";
+    int fd = bodyfile_create(dfd);
+    CHECK(fd >= 0);
+    CHECK(count_files(dir, NULL) == 0);
+    struct stat st;
+    CHECK(fstat(fd, &st) == 0 && (st.st_mode & 0777) == 0600 && st.st_nlink == 0);
+    CHECK(fcntl(fd, F_GETFD) & FD_CLOEXEC);
+
+    check_case = "appends, from memory and from an evbuffer";
+    CHECK(bodyfile_append(fd, data, 1000) == 0);
+    struct evbuffer *b = evbuffer_new();
+    evbuffer_add(b, data + 1000, 5000);
+    evbuffer_add_reference(b, data + 6000, SIZE - 6000, NULL, NULL);
+    CHECK(bodyfile_append_buffer(fd, b) == 0 && evbuffer_get_length(b) == 0);
+    CHECK(fstat(fd, &st) == 0 && st.st_size == SIZE);
+
+    check_case = "mapped whole and from unaligned offsets";
+    static const size_t offs[] = {0, 1, 4095, 4096, 4097, 123457, SIZE - 1, SIZE};
+    for (size_t k = 0; k < sizeof offs / sizeof offs[0]; k++) {
+        struct evbuffer *m = evbuffer_new();
+        size_t len = SIZE - offs[k];
+        CHECK(bodyfile_add(m, fd, (off_t)offs[k], len) == 0);
+        CHECK(evbuffer_get_length(m) == len);
+        if (len > 0)
+            CHECK(memcmp(evbuffer_pullup(m, -1), data + offs[k], len) == 0);
+        /* Draining part of a mapping and freeing the rest unmaps it whole. */
+        evbuffer_drain(m, len / 3);
+        evbuffer_free(m);
+    }
+
+    check_case = "mapping outlives the descriptor";
+    struct evbuffer *m = evbuffer_new();
+    CHECK(bodyfile_add(m, fd, 10, 100) == 0);
+    close(fd);
+    CHECK(evbuffer_get_length(m) == 100 && memcmp(evbuffer_pullup(m, -1), data + 10, 100) == 0);
+    evbuffer_free(m);
+
+    check_case = "bad arguments";
+    m = evbuffer_new();
+    CHECK(bodyfile_add(m, -1, 0, 10) == -1);
+    CHECK(bodyfile_add(m, dfd, -1, 10) == -1 && errno == EINVAL);
+    CHECK(evbuffer_get_length(m) == 0);
+    evbuffer_free(m);
+    CHECK(bodyfile_append(-1, "x", 1) == -1 && errno == EBADF);
+
+    check_case = "no room left (a full file system)";
+    int full = open("/dev/full", O_WRONLY | O_CLOEXEC);
+    if (full >= 0) {
+        evbuffer_add(b, "abc", 3);
+        CHECK(bodyfile_append_buffer(full, b) == -1 && errno == ENOSPC);
+        close(full);
+    }
+
+    evbuffer_free(b);
+    free(data);
+    close(dfd);
+    rm_rf(dir);
+}
+
+/* A commit whose body is a file: copied by the I/O thread, byte-exact. */
+static void test_commit_file(void)
+{
+    enum { SIZE = 2 * 1000 * 1000 + 3 };
+    char *dir = make_tmpdir();
+    struct spool *s = open_spool(dir, 0);
+    unsigned char *data = malloc(SIZE);
+    struct spool_entry e;
+    struct waiter w = {0};
+
+    if (s == NULL || data == NULL) {
+        CHECK(s != NULL && data != NULL);
+        free(data);
+        rm_rf(dir);
+        return;
+    }
+    for (size_t i = 0; i < SIZE; i++)
+        data[i] = (unsigned char)unit_rand();
+
+    check_case = "body file from spool_tmpfile, in no directory";
+    int fd = spool_tmpfile(s);
+    CHECK(fd >= 0);
+    CHECK(count_files(dir, "tmp") == 0);
+    CHECK(bodyfile_append(fd, data, SIZE) == 0);
+    struct evbuffer *b = evbuffer_new();
+    CHECK(bodyfile_add(b, fd, 0, SIZE) == 0);
+
+    check_case = "committed from the file";
+    entry_init(&e, "FROMFILE", 2);
+    CHECK(spool_commit(s, &e, b, fd, on_done, &w) == 0);
+    close(fd); /* the spool has its own descriptor */
+    evbuffer_free(b);
+    CHECK(wait_for(&w.calls, 1) == 0 && w.err == 0);
+    CHECK(e.body_size == SIZE);
+    size_t len = 0;
+    char *got = read_all(dir, "queue", "FROMFILE", &len);
+    CHECK(got != NULL && len == (size_t)e.body_off + SIZE &&
+          memcmp(got + e.body_off, data, SIZE) == 0);
+    free(got);
+    CHECK(count_files(dir, "tmp") == 0);
+
+    check_case = "loaded back (mapped)";
+    struct body_wait bw = {0};
+    CHECK(spool_load_body(s, &e, 0, on_body, &bw) == 0);
+    CHECK(wait_for(&bw.calls, 1) == 0 && bw.err == 0 && bw.body != NULL);
+    if (bw.body != NULL) {
+        CHECK(evbuffer_get_length(bw.body) == SIZE &&
+              memcmp(evbuffer_pullup(bw.body, -1), data, SIZE) == 0);
+        evbuffer_free(bw.body);
+    }
+
+    check_case = "a body file shorter than the body: refused, nothing left";
+    fd = spool_tmpfile(s);
+    CHECK(fd >= 0 && bodyfile_append(fd, data, 1000) == 0);
+    b = evbuffer_new();
+    evbuffer_add(b, data, 5000); /* claims 5000 bytes; the file has 1000 */
+    struct spool_entry e2;
+    entry_init(&e2, "SHORTFILE", 1);
+    w = (struct waiter){0};
+    CHECK(spool_commit(s, &e2, b, fd, on_done, &w) == 0);
+    close(fd);
+    evbuffer_free(b);
+    CHECK(wait_for(&w.calls, 1) == 0 && w.err == EIO);
+    CHECK(!exists(dir, "queue", "SHORTFILE") && count_files(dir, "tmp") == 0);
+    spool_entry_clear(&e2);
+
+    spool_entry_clear(&e);
+    spool_close(s);
+
+    check_case = "spool_tmpfile below min_free";
+    s = open_spool(dir, UINT64_MAX / 2);
+    if (s != NULL) {
+        CHECK(spool_tmpfile(s) == -1 && errno == ENOSPC);
+        spool_close(s);
+    }
+    free(data);
+    rm_rf(dir);
+}
+
 int main(int argc, char **argv)
 {
     static const struct unit_group groups[] = {
@@ -1282,6 +1433,8 @@ int main(int argc, char **argv)
         {"recover", test_recover},
         {"move_remove", test_move_remove},
         {"load_body", test_load_body},
+        {"bodyfile", test_bodyfile},
+        {"commit_file", test_commit_file},
     };
     int rc;
 
