@@ -560,23 +560,25 @@ static void delivered_cb(struct message *m, void *arg)
         struct spool_rcpt *sr = &it->e.rcpts[i];
         char text[700];
         snprintf(text, sizeof(text), "%d %s %s", r->code, r->ecode, r->text ? r->text : "");
-        char to[300];
+        char to[300], said[400];
         log_escape(sr->addr, strlen(sr->addr), to, sizeof(to));
+        /* The server's words, escaped: a quote in them must not forge a field. */
+        log_escape(r->text ? r->text : "", r->text ? strlen(r->text) : 0, said, sizeof(said));
         if (r->code / 100 == 2) {
             log_info("queue msg id=%s relay=%s to=<%s> status=sent dsn=%s reply=\"%s\"", it->e.id,
-                     item_relay(it)->name, to, r->ecode, r->text ? r->text : "");
+                     item_relay(it)->name, to, r->ecode, said);
             set_error(&it->rcpt_error[i], NULL);
             item_mark(it, i, SPOOL_DELIVERED);
         } else if (r->code / 100 == 5) {
             log_warn("queue msg id=%s relay=%s to=<%s> status=bounced dsn=%s reply=\"%s\"",
-                     it->e.id, item_relay(it)->name, to, r->ecode, r->text ? r->text : "");
+                     it->e.id, item_relay(it)->name, to, r->ecode, said);
             set_error(&it->rcpt_error[i], text);
             set_error(&it->last_error, text);
             int notify = sr->notify == 0 || (sr->notify & SPOOL_NOTIFY_FAILURE);
             item_mark(it, i, notify ? SPOOL_FAILED : SPOOL_DONE);
         } else {
             log_info("queue msg id=%s relay=%s to=<%s> status=deferred dsn=%s reply=\"%s\"",
-                     it->e.id, item_relay(it)->name, to, r->ecode, r->text ? r->text : "");
+                     it->e.id, item_relay(it)->name, to, r->ecode, said);
             set_error(&it->rcpt_error[i], text);
             set_error(&it->last_error, text);
         }

@@ -360,6 +360,11 @@ char *sasl_initial(struct sasl *s, char *err, size_t errlen)
             set_err(err, errlen, "out of memory");
             return NULL;
         }
+        /*
+         * PLAIN has one message, and it goes with the command: a challenge
+         * after it is out of order and gets no second copy of the password.
+         */
+        s->step = 1;
     } else {
         int none;
         char *raw = initial_raw(s, &none, err, errlen);

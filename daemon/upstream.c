@@ -138,6 +138,12 @@ struct upstream {
     time_t created;
     int in_cb;
     int freed;
+    /*
+     * The server sent a reply before the command it would answer (see
+     * upstream_in_sync()): nothing more is sent, and the kick event fails
+     * the session from the loop.
+     */
+    int desync;
 
     /* AUTH (RFC 4954): the exchange, the secret it uses, and whether it was retried. */
     struct sasl *sasl;
@@ -333,6 +339,57 @@ static void upstream_set_error(struct upstream *u, int code, const char *ecode, 
 }
 
 /*
+ * A reply that breaks the protocol (malformed, of a class the command cannot
+ * have, or early).  Once the end of data was sent the server may have taken
+ * the message whatever it says now: the client is told the outcome is unknown.
+ */
+static void upstream_protocol_error(struct upstream *u, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void upstream_protocol_error(struct upstream *u, const char *fmt, ...)
+{
+    char why[300];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof(why), fmt, ap);
+    va_end(ap);
+    upstream_set_error(
+        u, 451, "4.5.0", "protocol error: %s%s", why,
+        u->msg && u->dot_sent ? "; outcome unknown, the message may have been delivered" : "");
+}
+
+/*
+ * Before a command that must wait for the previous reply, and before the
+ * message data after 354, nothing may be waiting from the server: a reply
+ * that is already here answers a command not sent yet (an extra or
+ * unsolicited reply), and every later reply would be taken for the answer
+ * to the wrong command -- a 250 meant for RCPT read as the answer to DATA.
+ * Such a session is finished: nothing more is sent on it, and it fails from
+ * the loop (never inside the owner's callback that may have called us).
+ * Returns 1 when in sync.
+ */
+static int upstream_in_sync(struct upstream *u)
+{
+    if (u->desync)
+        return 0;
+    if (evbuffer_get_length(ioev_input(u->io)) == 0 && !reply_parser_pending(&u->parser))
+        return 1;
+    u->desync = 1;
+    upstream_protocol_error(u, "the server replied to a command before it was sent "
+                               "(extra or unsolicited reply); session out of sync");
+    event_active(u->kick, EV_TIMEOUT, 0);
+    return 0;
+}
+
+/* The session failed some other way first: the pending kick must not fire. */
+static void upstream_desync_clear(struct upstream *u)
+{
+    if (u->desync) {
+        u->desync = 0;
+        event_del(u->kick);
+    }
+}
+
+/*
  * The session is over.  A transaction in progress ends with TXN_RETRY when
  * the final dot was not sent yet (nothing can have been delivered) and
  * TXN_UNKNOWN after it; otherwise the owner gets UPSTREAM_FAILED.
@@ -340,6 +397,7 @@ static void upstream_set_error(struct upstream *u, int code, const char *ecode, 
 static void upstream_fail(struct upstream *u)
 {
     char esc[600];
+    upstream_desync_clear(u);
     log_escape(u->error, strlen(u->error), esc, sizeof(esc));
     log_warn("upstream relay=%s host=%s state=%s error=\"%s\"", u->relay->name, u->hostport,
              state_names[u->state], esc);
@@ -368,6 +426,7 @@ static void upstream_fail(struct upstream *u)
 static void upstream_setup_failed(struct upstream *u)
 {
     char esc[600];
+    upstream_desync_clear(u);
     log_escape(u->error, strlen(u->error), esc, sizeof(esc));
     if (u->io) {
         ioev_free(u->io);
@@ -643,6 +702,8 @@ static void txn_send_more(struct upstream *u)
 {
     size_t last = u->txn_n + 1;
     int pipelining = (u->caps.flags & CAP_PIPELINING) != 0;
+    if (u->cmd_next <= last && (pipelining || u->cmd_next == u->reply_next) && !upstream_in_sync(u))
+        return;
     while (u->cmd_next <= last && (pipelining || u->cmd_next == u->reply_next)) {
         txn_send_command(u, u->cmd_next);
         u->cmd_next++;
@@ -768,6 +829,8 @@ static void txn_start(struct upstream *u)
 {
     if (u->dirty) {
         upstream_set_state(u, US_RSET);
+        if (!upstream_in_sync(u))
+            return;
         upstream_send_line(u, "RSET");
         ioev_flush(u->io);
         upstream_timeout(u, u->relay->timeouts.command);
@@ -834,6 +897,21 @@ static void txn_reply(struct upstream *u, const struct smtp_reply *r)
     reply_text(r, text, sizeof(text));
     size_t k = u->reply_next++;
 
+    /*
+     * MAIL and RCPT have no intermediate reply, DATA's is 354 and nothing
+     * else, and the final reply for the message is never a 3xx: anything
+     * else means server and client no longer agree on where they are.
+     */
+    int final = k > u->txn_n;
+    int bad_class = final && !u->bdat ? r->code / 100 < 4 && r->code != 354 : r->code / 100 == 3;
+    if (bad_class) {
+        const char *cmd = k == 0 ? "MAIL" : k <= u->txn_n ? "RCPT" : u->bdat ? "BDAT" : "DATA";
+        upstream_protocol_error(u, "%d reply to %s%s", r->code, cmd,
+                                final && !u->bdat ? " (354 expected)" : "");
+        upstream_fail(u);
+        return;
+    }
+
     if (k == 0) { /* MAIL */
         if (r->code / 100 != 2) {
             /* The sender is refused: every recipient of the message gets this. */
@@ -872,6 +950,8 @@ static void txn_reply(struct upstream *u, const struct smtp_reply *r)
         txn_finish(u, u->accepted > 0 && !u->mail_failed && r->code / 100 == 2);
         return;
     } else { /* DATA */
+        if (r->code == 354 && !upstream_in_sync(u))
+            return;
         if (r->code == 354 && u->accepted > 0 && !u->mail_failed) {
             upstream_set_state(u, US_BODY);
             body_encoder_init(&u->enc);
@@ -907,6 +987,11 @@ static void txn_reply(struct upstream *u, const struct smtp_reply *r)
 static void body_reply(struct upstream *u, const struct smtp_reply *r)
 {
     char text[1024];
+    if (r->code / 100 == 3 && u->accepted > 0) {
+        upstream_protocol_error(u, "%d reply to the end of data", r->code);
+        upstream_fail(u);
+        return;
+    }
     reply_text(r, text, sizeof(text));
     if (u->accepted == 0) {
         /* The empty body that RFC 2920 makes us send; results are set already. */
@@ -968,6 +1053,17 @@ int upstream_send(struct upstream *u, struct message *m)
 static void upstream_kick_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct upstream *u = arg;
+    if (u->desync) {
+        /* The error is set (upstream_in_sync()); a next address starts in sync. */
+        u->desync = 0;
+        if (u->state == US_DEAD || u->state == US_QUIT || u->io == NULL)
+            return;
+        if (u->msg == NULL && u->state < US_IDLE)
+            upstream_setup_failed(u);
+        else
+            upstream_fail(u);
+        return;
+    }
     if (u->state == US_TXN && u->msg && u->reply_next == u->txn_n + 2) {
         txn_finish(u, 1);
         return;
@@ -981,6 +1077,9 @@ static void upstream_kick_cb(evutil_socket_t fd, short what, void *arg)
 static void upstream_enter(struct upstream *u)
 {
     const struct relay_config *rc = u->relay;
+    if ((u->state == US_EHLO || u->state == US_HELO || u->state == US_STARTTLS) &&
+        !upstream_in_sync(u))
+        return;
     switch (u->state) {
     case US_EHLO:
         upstream_send_line(u, "EHLO %s", u->helo_name);
@@ -1036,6 +1135,10 @@ static void upstream_auth_send(struct upstream *u)
         return;
     }
     upstream_set_state(u, US_AUTH);
+    if (!upstream_in_sync(u)) {
+        sasl_free(line);
+        return;
+    }
     upstream_send_line(u, "%s", line);
     sasl_free(line);
     ioev_flush(u->io);
@@ -1099,6 +1202,8 @@ static void upstream_auth_reply(struct upstream *u, const struct smtp_reply *r)
     const char *name = sasl_mech_name(u->auth_mech);
     char err[300];
     if (r->code == 334) {
+        if (!upstream_in_sync(u))
+            return;
         char *resp = sasl_step(u->sasl, r->text, err, sizeof(err));
         if (resp == NULL) {
             /* A server that cannot prove itself gets nothing more, not even "*". */
@@ -1310,7 +1415,7 @@ static void upstream_reply(struct upstream *u, const struct smtp_reply *r)
 static void upstream_read(struct upstream *u)
 {
     struct evbuffer *in = ioev_input(u->io);
-    while (u->io && evbuffer_get_length(in) > 0 && u->state != US_DEAD) {
+    while (u->io && evbuffer_get_length(in) > 0 && u->state != US_DEAD && !u->desync) {
         size_t len = evbuffer_get_length(in);
         const char *data = (const char *)evbuffer_pullup(in, (ev_ssize_t)len);
         enum reply_status st;
@@ -1322,8 +1427,8 @@ static void upstream_read(struct upstream *u)
         if (st == REPLY_ERROR) {
             char esc[200];
             const char *why = reply_parser_error(&u->parser);
-            upstream_set_error(u, 451, "4.5.0", "protocol error in server reply: %s",
-                               log_escape(why, strlen(why), esc, sizeof(esc)));
+            upstream_protocol_error(u, "malformed server reply: %s",
+                                    log_escape(why, strlen(why), esc, sizeof(esc)));
             reply_parser_reset(&u->parser);
             if (u->state < US_IDLE)
                 upstream_setup_failed(u);

@@ -34,11 +34,13 @@
  * #N: only the Nth occurrence of PHASE over the server's lifetime (from 1, counted
  * across connections). match TEXT: only if the command line (for body and dot: the
  * message data) contains TEXT, case-insensitively. ACTION: reply TEXT | raw TEXT |
- * drop | delay MS | hang | inject TEXT (starttls only). TEXT understands \r \n \t \\
- * and \xNN. The first matching rule wins; a delay rule waits and then matching goes on
- * with the following rules (or the default reply). A replacing reply counts as a
- * success when it starts with '2' (or '3' for DATA), and the session state follows it;
- * a "reply 421 ..." closes the connection after it is sent (raw does not).
+ * drop | delay MS | hang | inject TEXT (starttls only) | extra TEXT. TEXT understands
+ * \r \n \t \\ and \xNN. The first matching rule wins; a delay rule waits and an extra
+ * rule sends TEXT as an unsolicited reply (in the body phase: while the data still
+ * comes), and then matching goes on with the following rules (or the default reply).
+ * A replacing reply counts as a success when it starts with '2' (or '3' for DATA), and
+ * the session state follows it; a "reply 421 ..." closes the connection after it is
+ * sent (raw does not).
  *
  * Transcript (--log), one line per event, each written with a single append:
  *   <conn> <P|T> C: <command line>      (message data is not logged)
@@ -253,9 +255,10 @@ static const char *const phase_names[PH_LAST] = {
     "data",    "body", "dot",  "bdat",     "rset", "noop", "quit",
 };
 
-enum action { ACT_REPLY, ACT_RAW, ACT_DROP, ACT_DELAY, ACT_HANG, ACT_INJECT };
+enum action { ACT_REPLY, ACT_RAW, ACT_DROP, ACT_DELAY, ACT_HANG, ACT_INJECT, ACT_EXTRA };
 
-static const char *const action_names[] = {"reply", "raw", "drop", "delay", "hang", "inject"};
+static const char *const action_names[] = {"reply", "raw",    "drop", "delay",
+                                           "hang",  "inject", "extra"};
 
 struct rule {
     enum phase phase;
@@ -417,6 +420,7 @@ static const char *parse_rule(const char *s, struct rule *r)
     case ACT_REPLY:
     case ACT_RAW:
     case ACT_INJECT:
+    case ACT_EXTRA:
         if (!*s)
             return "action needs TEXT";
         if (!unescape(s, &r->text, &r->textlen))
@@ -437,8 +441,9 @@ static const char *parse_rule(const char *s, struct rule *r)
             return "unexpected arguments";
         break;
     }
-    if (r->phase == PH_BODY && r->act != ACT_DROP && r->act != ACT_DELAY && r->act != ACT_HANG)
-        return "phase body takes only drop, delay or hang";
+    if (r->phase == PH_BODY && r->act != ACT_DROP && r->act != ACT_DELAY && r->act != ACT_HANG &&
+        r->act != ACT_EXTRA)
+        return "phase body takes only drop, delay, hang or extra";
     return NULL;
 }
 
@@ -953,6 +958,11 @@ static enum pick_kind script_pick(struct conn *c, enum phase ph, const char *sub
         switch (r->act) {
         case ACT_DELAY:
             if (!conn_sleep(c, r->ms))
+                return PICK_CLOSE;
+            continue;
+        case ACT_EXTRA:
+            /* An unsolicited reply: sent now, then the session goes on as if it never was. */
+            if (conn_reply(c, r->text, r->textlen) < 0)
                 return PICK_CLOSE;
             continue;
         case ACT_DROP:

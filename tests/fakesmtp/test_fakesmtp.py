@@ -559,6 +559,32 @@ def case_body_drop():
         check(srv.messages() == [], "nothing stored", srv)
 
 
+def case_extra():
+    # An unsolicited reply goes out first; the normal reply (a rule's or the
+    # default) still follows, and in the body phase the data is read to its end.
+    script = ("on mail extra 250 2.0.0 unsolicited\n"
+              "on rcpt #1 extra 451 4.0.0 first\non rcpt #1 reply 550 5.1.1 second\n"
+              "on body extra 250 2.0.0 too early\n")
+    with fakesmtp.start(script) as srv:
+        c = Raw(srv)
+        c.reply()
+        c.cmd("EHLO a")
+        check(c.cmd("MAIL FROM:<a@x>") == ["250 2.0.0 unsolicited"], "extra first")
+        check(c.reply() == ["250 2.1.0 Ok"], "then the default reply")
+        check(c.cmd("RCPT TO:<b@x>") == ["451 4.0.0 first"], "extra before a rule")
+        check(c.reply() == ["550 5.1.1 second"], "then the rule's reply")
+        check(code(c.cmd("RCPT TO:<c@x>")) == 250, "rules with #1 used up")
+        check(code(c.cmd("DATA")) == 354, "354")
+        c.send(b"Subject: x\r\n")
+        check(c.reply() == ["250 2.0.0 too early"], "reply while the data flows")
+        c.send(b"\r\nbody\r\n.\r\n")
+        check(code(c.reply()) == 250, "dot reply after the early one")
+        c.close()
+        srv.wait_log("* message n=1")
+        m = srv.messages()
+        check(len(m) == 1 and m[0].eml == b"Subject: x\r\n\r\nbody\r\n", "stored %r" % m, srv)
+
+
 def case_delay():
     with fakesmtp.start("on mail delay 600\non rcpt #1 delay 10\non rcpt #1 reply 451 later\n") as srv:
         c = Raw(srv)
