@@ -67,6 +67,8 @@ class Submitter:
     def _run(self):
         try:
             c = LMTP(self.path, timeout=20)
+        except ConnectionClosed:
+            return  # killed between accept and greeting (an early kill)
         except (OSError, TestFailure) as e:
             self.error = e
             return
