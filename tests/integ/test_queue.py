@@ -45,14 +45,17 @@ def listing(d, sub):
 def qdaemon(s, port, spool=None, spool_dir=None, mode="queue", name="up", relays=(), **kw):
     """mailpoold with a relay `name` in `mode` to 127.0.0.1:port, fast
     retries unless `spool` says otherwise; `spool_dir` shares a spool
-    between daemons (restarts)."""
+    between daemons (restarts); `env` adds environment variables."""
     sp = dict(FAST)
     sp.update(spool or {})
     extra = kw.pop("extra_daemon", "")
+    env = kw.pop("env", None)
+    if env:
+        env = dict(os.environ, **env)
     if spool_dir:
         extra += ' spool_dir = "%s";' % spool_dir
     d = Daemon(s, s.config(s.relay(port, name=name, mode=mode), *relays, spool=sp,
-                           extra_daemon=extra, **kw))
+                           extra_daemon=extra, **kw), env=env)
     d.spool = spool_dir or os.path.join(d.dir, "spool")
     return d
 
@@ -400,6 +403,43 @@ def case_queue_min_free(s):
     msgs = up.messages()
     check(len(msgs) == 1 and msgs[0].eml == msg, "upstream got %r" % msgs)
     check(not listing(d, "queue"), "queue/ holds %r" % listing(d, "queue"))
+
+
+def case_queue_fsync_error(s):
+    """The disk fails its syncs (fsync, fdatasync, syncfs return EIO): every
+    recipient gets a 4xx before any 250, no file is left in queue/ or tmp/,
+    nothing is delivered; relay mode carries on; once the disk is back the
+    next message is queued and delivered once."""
+    up = s.fakesmtp("")
+    flag = os.path.join(s.dir, "disk-fails")
+    shim = os.path.join(os.environ.get("MAILPOOL_BIN_DIR", ""), "tests", "faults",
+                        "libmailpool_syncfail.so")
+    check(os.path.exists(shim), "fault library not built: %s" % shim)
+    env = {"LD_PRELOAD": shim, "MAILPOOL_FAULT_SYNC": flag,
+           "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"}
+    d = qdaemon(s, up.port, env=env)
+    open(flag, "w").close()
+    r = send_one(d, rcpts=("bob@example.test", "carol@example.test"), body=body("nosync"))
+    check(r.mail.code == 250 and r.data.code == 354, "transaction refused: %r" % r)
+    for rep in r.results:
+        check(rep.code // 100 == 4, "not a temporary failure: %r" % rep)
+    big = body("nosync-big", b"x" * 998 + b"\r\n") + (b"y" * 998 + b"\r\n") * 600
+    r = send_one(d, body=big)
+    check(len(r.results) == 1 and r.results[0].code // 100 == 4,
+          "big message not refused: %r" % r.results)
+    for sub in ("queue", "tmp", "failed", "hold"):
+        check(not listing(d, sub), "%s/ holds %r" % (sub, listing(d, sub)))
+    d.wait_log("Input/output error")
+    # Relay mode needs no disk.
+    expect_codes(send_one(d, body=body("relayed"), mail_params="XMODE=relay").results, [250])
+    os.unlink(flag)
+    msg = body("synced")
+    queued_ids(send_one(d, body=msg))
+    wait_for(lambda: len(up.messages()) == 2, 15, lambda: d.log()[-3000:])
+    got = [m.eml for m in up.messages()]
+    check(got[1] == msg and not any(b"nosync" in m for m in got), "upstream got %r" % got)
+    time.sleep(1.5)
+    check(len(up.messages()) == 2, "delivered more than once: %d" % len(up.messages()))
 
 
 def case_queue_restart_recovery(s):
