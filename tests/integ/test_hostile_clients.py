@@ -4,7 +4,29 @@
 new clients once descriptors are free again) and memory per connection
 (huge command lines without LF and slowloris DATA from many clients at once
 keep the daemon's RSS bounded while others are served).
-Usage: test_hostile_clients.py CASE"""
+Usage: test_hostile_clients.py CASE
+
+Every row of the bad-input list for local clients, and the CTest entries
+that cover it (here and in other files):
+
+| row | tests |
+|---|---|
+| bare LF line endings | integ_bare_lf, integ_bare_cr, unit_body_decode |
+| LF.LF / LF.CRLF then MAIL FROM: text | integ_smuggle_lf_dot_lf, integ_smuggle_lf_dot_crlf, integ_smuggle_crlf_dot_lf, integ_smuggle_cr_dot_cr, unit_body_smuggling |
+| lines starting with "." | integ_dot_lines, unit_body_roundtrip |
+| 1 MB command line without LF | integ_long_line, integ_hostile_long_lines_memory |
+| CR, LF in -f, -F, recipient args | sendmail_bad_sender, integ_sendmail_bad_recipient_arg (NUL cannot be in argv) |
+| recipient argument starting with - | sendmail_dash_recipient |
+| unknown or duplicate MAIL parameters | integ_unknown_mail_param, integ_duplicate_mail_param, integ_duplicate_size_param |
+| over-long local part or path; <> as recipient | integ_long_local_part, integ_long_path, integ_long_rcpt_local_part, integ_long_rcpt_path, integ_null_rcpt |
+| DATA with no accepted recipient | integ_data_without_rcpt |
+| mixed per-recipient outcomes | integ_per_recipient, integ_bdat_per_recipient, integ_split_order_with_refusal |
+| hang-up mid-DATA; sendmail killed reading stdin | integ_hangup_in_data, integ_spill_hangup_mid_data, integ_sendmail_killed_mid_stdin |
+| disk full, oversize, fsync error | integ_queue_min_free, integ_spill_below_min_free, spool_enospc, integ_size_limit, integ_size_rss_flat, integ_spill_size_limit, integ_queue_fsync_error |
+| garbage on the control socket; connect/close cycles | control_binary_garbage, control_long_line, control_unknown_command, control_connect_cycles, integ_connect_cycles |
+| slowloris; connection flood | integ_hostile_slowloris_data, integ_client_slow_data, integ_idle_client_timeout, integ_many_clients, integ_hostile_fd_exhaustion, integ_hostile_fd_exhaustion_no_spin |
+| terminal escapes or %n in addresses / HELO | integ_escapes_logged |
+"""
 
 import os
 import resource

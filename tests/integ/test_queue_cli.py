@@ -11,6 +11,7 @@ import pwd
 import re
 import socket
 import subprocess
+import time
 
 from mpharness import (Daemon, SENDER, binary, check, client_commands, delivered_ok, main,
                        send_one, wait_for)
@@ -204,6 +205,46 @@ def case_sendmail_dsn_flags(s):
     check(p.returncode == 0, "sendmail with DSN flags: %d %r" % (p.returncode, p.stderr))
     wait_for(lambda: up.messages(), 15, "delivery upstream")
     wait_for(lambda: control(d, "queue")["messages"] == [], 15, "the queue to empty")
+
+
+def case_sendmail_killed_mid_stdin(s):
+    """mailpool-sendmail killed while it still reads its standard input
+    (small and large messages): nothing is queued or delivered, nothing is
+    left in the spool, and the daemon lets go of the connection."""
+    up = s.fakesmtp("")
+    d = Daemon(s, s.config(s.relay(up.port, mode="queue")))
+    spool = os.path.join(d.dir, "spool")
+    env = dict(os.environ, MAILPOOL_SOCKET=d.socket)
+    delivered_ok(send_one(d, mail_params="XMODE=relay"))  # warm: the upstream session exists
+    before = len(os.listdir("/proc/%d/fd" % d.pid))
+    for size in (100, 1 << 20):
+        p = subprocess.Popen([binary("mailpool-sendmail"), "-i", "bob@example.test"],
+                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, env=env)
+        p.stdin.write(b"Subject: cut short\n\n" + (b"z" * 99 + b"\n") * (size // 100))
+        p.stdin.flush()
+        time.sleep(0.5)  # it reads what is there (and may have started the transaction)
+        p.kill()
+        p.wait(10)
+        p.stdin.close()
+    def links():
+        out = []
+        for f in os.listdir("/proc/%d/fd" % d.pid):
+            try:
+                out.append(os.readlink("/proc/%d/fd/%s" % (d.pid, f)))
+            except OSError:
+                pass
+        return out
+    wait_for(lambda: len(links()) <= before, 10,
+             lambda: "the daemon to close the killed clients' connections: %d before, now %r\n%s"
+             % (before, links(), d.log()[-2000:]))
+    for sub in ("queue", "tmp", "hold", "failed"):
+        path = os.path.join(spool, sub)
+        left = os.listdir(path) if os.path.isdir(path) else []
+        check(not left, "%s/ holds %r" % (sub, left))
+    check(len(up.messages()) == 1, "a cut message was delivered: %r" % up.messages())
+    # The daemon still takes the next message.
+    delivered_ok(send_one(d, mail_params="XMODE=relay"))
 
 
 CASES = {name[5:]: fn for name, fn in sorted(globals().items()) if name.startswith("case_")}
