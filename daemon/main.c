@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -293,6 +294,13 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    /*
+     * Passwords and tokens will live in this process's memory: no core
+     * dump of it, and no ptrace or /proc/PID/mem by other processes of the
+     * same user.  Before the configuration (and any secret) is read.
+     */
+    if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0)
+        fprintf(stderr, "mailpoold: cannot turn off core dumps: %s\n", strerror(errno));
     if (check)
         return config_check_main(path);
     log_init();

@@ -339,6 +339,54 @@ def case_ctl_readable(s):
     check(up_row and up_row[0].split()[1].endswith("s"), "uptime:\n%s" % out)
 
 
+def case_no_core_dumps(s):
+    """The daemon holds passwords in memory: it makes itself non-dumpable, so
+    no core file is written and processes of its own user cannot ptrace it
+    or read /proc/PID/mem.  Run as an unprivileged user, a non-dumpable
+    process's /proc/PID files belong to root, a dumpable one's to the user."""
+    nobody = pwd.getpwnam("nobody")
+    home = s.subdir("as-nobody")
+    os.chmod(s.dir, 0o755)
+    os.chmod(home, 0o777)
+    conf = os.path.join(home, "mailpool.conf")
+    with open(conf, "w") as f:
+        f.write(s.config(s.relay(9, ca=None, options=())).replace(
+            "@SOCKET@", os.path.join(home, "submit.sock")).replace(
+            "@CONTROL@", os.path.join(home, "control.sock")).replace(
+            "@SPOOL@", os.path.join(home, "spool")))
+    os.chmod(conf, 0o644)
+
+    def drop():
+        os.setgroups([])
+        os.setgid(nobody.pw_gid)
+        os.setuid(nobody.pw_uid)
+
+    log = open(os.path.join(home, "stderr.log"), "wb")
+    p = subprocess.Popen([binary("mailpoold"), "-c", conf], preexec_fn=drop,
+                         stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    try:
+        sock = os.path.join(home, "submit.sock")
+        wait_for(lambda: os.path.exists(sock) or p.poll() is not None, 15,
+                 "the daemon's socket")
+        check(p.poll() is None, "the daemon did not start as nobody:\n"
+              + open(os.path.join(home, "stderr.log")).read())
+        st = os.stat("/proc/%d/status" % p.pid)
+        check(st.st_uid == 0, "/proc/PID/status belongs to uid %d: the daemon is dumpable"
+              % st.st_uid)
+        # The same check on a plain process of that user shows the difference.
+        q = subprocess.Popen(["sleep", "30"], preexec_fn=drop)
+        try:
+            check(os.stat("/proc/%d/status" % q.pid).st_uid == nobody.pw_uid,
+                  "a dumpable process of nobody: unexpected /proc ownership")
+        finally:
+            q.kill()
+            q.wait()
+    finally:
+        p.terminate()
+        check(p.wait(15) == 0, "mailpoold as nobody did not stop cleanly")
+        log.close()
+
+
 CASES = {name[len("case_"):]: fn for name, fn in globals().items() if name.startswith("case_")}
 
 if __name__ == "__main__":
