@@ -330,6 +330,51 @@ static void relay_auth_json(struct json_writer *w, const struct relay_config *rc
     json_object_end(w);
 }
 
+/* Who may use the relay (ids, as resolved at load), its budgets and its address fixing. */
+static void relay_policy_json(struct json_writer *w, const struct relay_config *rc)
+{
+    json_key(w, "allow");
+    if (!rc->allow.set) {
+        json_null(w); /* everyone who may use the submission socket */
+    } else {
+        json_object_begin(w);
+        json_key(w, "uids");
+        json_array_begin(w);
+        for (size_t k = 0; k < rc->allow.nuids; k++)
+            json_uint(w, rc->allow.uids[k]);
+        json_array_end(w);
+        json_key(w, "gids");
+        json_array_begin(w);
+        for (size_t k = 0; k < rc->allow.ngids; k++)
+            json_uint(w, rc->allow.gids[k]);
+        json_array_end(w);
+        json_object_end(w);
+    }
+    /* 0 means no limit, as in the configuration. */
+    json_key(w, "rate");
+    json_object_begin(w);
+    json_kv_uint(w, "messages_per_second", rc->budget.messages_per_second);
+    json_kv_uint(w, "messages_per_minute", rc->budget.messages_per_minute);
+    json_kv_uint(w, "max_recipients", rc->budget.max_recipients);
+    json_object_end(w);
+    json_key(w, "limits");
+    json_object_begin(w);
+    json_kv_uint(w, "max_logins_per_minute", rc->budget.max_logins_per_minute);
+    json_object_end(w);
+    const struct address_fixing *fx = &rc->fix;
+    json_kv_string(w, "qualify_domain", fx->qualify_domain);
+    json_kv_string(w, "sender", fx->sender);
+    json_kv_string(w, "from_header",
+                   fx->from_header == FROM_HEADER_REWRITE          ? "rewrite"
+                   : fx->from_header == FROM_HEADER_ADD_IF_MISSING ? "add_if_missing"
+                                                                   : "keep");
+    json_key(w, "aliases");
+    json_object_begin(w);
+    for (size_t k = 0; k < fx->naliases; k++)
+        json_kv_string(w, fx->aliases[k].name, fx->aliases[k].addr);
+    json_object_end(w);
+}
+
 static void cmd_relays(struct control *ctl, const struct ctl_request *req, struct json_writer *w)
 {
     (void)req;
@@ -385,6 +430,7 @@ static void cmd_relays(struct control *ctl, const struct ctl_request *req, struc
             json_string(w, red ? red : "(out of memory)");
             free(red);
         }
+        relay_policy_json(w, rc);
         json_object_end(w);
     }
     json_array_end(w);

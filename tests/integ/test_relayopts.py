@@ -351,6 +351,32 @@ def case_relays_command_hidden(s):
           "auth: %r" % auth)
 
 
+
+def case_relays_policy(s):
+    # Who may use the relay, its budgets and its address fixing are part of
+    # the effective profile too.
+    up = s.fakesmtp("")
+    d = s.daemon(s.relay(up.port, allow={"users": ["root", 65534], "groups": ["mail"]},
+                         qualify_domain="example.org", sender="app@example.com",
+                         from_header="rewrite", aliases={"root": "ops@example.com"},
+                         extra="rate = { messages_per_second = 5; max_recipients = 7; }; "
+                               "limits = { max_logins_per_minute = 3; };"),
+                 s.relay(up.port, name="open"))
+    table, raw = ctl(d, "relays"), ctl(d, "--json", "relays")
+    rel, other = json.loads(raw)["relays"]
+    check(rel["allow"] == {"uids": [0, 65534], "gids": [8]}, "allow: %r" % rel["allow"])
+    check(rel["rate"] == {"messages_per_second": 5, "messages_per_minute": 0,
+                          "max_recipients": 7}, "rate: %r" % rel["rate"])
+    check(rel["limits"] == {"max_logins_per_minute": 3}, "limits: %r" % rel["limits"])
+    check((rel["qualify_domain"], rel["sender"], rel["from_header"], rel["aliases"])
+          == ("example.org", "app@example.com", "rewrite", {"root": "ops@example.com"}),
+          "address fixing: %r" % rel)
+    check(other["allow"] is None and other["from_header"] == "keep" and other["aliases"] == {}
+          and other["qualify_domain"] is None, "defaults: %r" % other)
+    for row in ("rate.messages_per_second", "limits.max_logins_per_minute", "aliases.root",
+                "from_header"):
+        check(row in table, "table row %s missing:\n%s" % (row, table))
+
 # ---- config errors --------------------------------------------------------------
 
 def check_config(s, relay):
