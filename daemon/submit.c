@@ -233,8 +233,9 @@ static void client_data_done(struct client *c)
             c->in_file += tail;
     }
     if (c->store_err != 0) {
-        log_warn("submit client=%lu msg id=%s: cannot keep the message data on disk: %s", c->id,
-                 m->id, strerror(c->store_err));
+        log_warn("submit client=%lu msg id=%s status=452 error=\"cannot keep the message data on "
+                 "disk: %s\"",
+                 c->id, m->id, strerror(c->store_err));
         for (size_t i = 0; i < m->nrcpts; i++)
             client_reply(c, "452 4.3.1 Insufficient system storage, try again later");
         client_reset_txn(c);
