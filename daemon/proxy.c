@@ -4,6 +4,7 @@
  * Bytes in, bytes out, no I/O: upstream.c drives it from the socket.
  */
 #include "proxy.h"
+#include "base64.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -112,10 +113,6 @@ int proxy_url_parse(const char *text, struct proxy_url *out, char *err, size_t e
         if (p[i] == '@')
             at = p + i;
     if (at) {
-        if (out->kind != PROXY_SOCKS5) {
-            set_err(err, errlen, "credentials are supported for socks5:// proxies only");
-            return -1;
-        }
         const char *colon = memchr(p, ':', (size_t)(at - p));
         if (colon == NULL || colon == p) {
             set_err(err, errlen, "credentials must be \"user:password@\"");
@@ -132,6 +129,12 @@ int proxy_url_parse(const char *text, struct proxy_url *out, char *err, size_t e
             out->password[0] == '\0') {
             proxy_url_clear(out);
             set_err(err, errlen, "user and password must be 1-255 bytes each");
+            return -1;
+        }
+        /* HTTP Basic joins them with ':' (RFC 7617): the user name cannot hold one. */
+        if (out->kind == PROXY_HTTP && strchr(out->user, ':') != NULL) {
+            proxy_url_clear(out);
+            set_err(err, errlen, "an HTTP proxy user name cannot contain ':'");
             return -1;
         }
         len -= (size_t)(at + 1 - p);
@@ -306,15 +309,41 @@ int proxy_start(struct proxy_hs *h, enum proxy_kind kind, const char *host, uint
         return 0;
     }
     if (kind == PROXY_HTTP) {
+        if ((user == NULL) != (password == NULL) ||
+            (user && (strlen(user) > PROXY_MAX_CRED || strlen(password) > PROXY_MAX_CRED ||
+                      !*user || !*password || strchr(user, ':') != NULL))) {
+            fail(h, PROXY_BAD,
+                 "HTTP proxy user and password must be 1-%d bytes each, the user "
+                 "without ':'",
+                 PROXY_MAX_CRED);
+            return -1;
+        }
         int v6 = strchr(host, ':') != NULL;
         int n = snprintf((char *)h->out, sizeof(h->out),
-                         "CONNECT %s%s%s:%u HTTP/1.1\r\nHost: %s%s%s:%u\r\n\r\n", v6 ? "[" : "",
-                         host, v6 ? "]" : "", port, v6 ? "[" : "", host, v6 ? "]" : "", port);
+                         "CONNECT %s%s%s:%u HTTP/1.1\r\nHost: %s%s%s:%u\r\n", v6 ? "[" : "", host,
+                         v6 ? "]" : "", port, v6 ? "[" : "", host, v6 ? "]" : "", port);
         if (n < 0 || (size_t)n >= sizeof(h->out)) {
             fail(h, PROXY_BAD, "relay host name too long for a CONNECT request");
             return -1;
         }
-        h->outlen = (size_t)n;
+        size_t o = (size_t)n;
+        if (user) {
+            /* RFC 7617 Basic: base64("user:password"); the buffer is wiped with h. */
+            unsigned char pair[2 * PROXY_MAX_CRED + 2];
+            size_t ul = strlen(user), pl = strlen(password);
+            memcpy(pair, user, ul);
+            pair[ul] = ':';
+            memcpy(pair + ul + 1, password, pl);
+            static const char field[] = "Proxy-Authorization: Basic ";
+            memcpy(h->out + o, field, sizeof(field) - 1);
+            o += sizeof(field) - 1;
+            o += base64_encode(pair, ul + 1 + pl, (char *)h->out + o);
+            explicit_bzero(pair, sizeof(pair));
+            memcpy(h->out + o, "\r\n", 2);
+            o += 2;
+        }
+        memcpy(h->out + o, "\r\n", 2);
+        h->outlen = o + 2;
         h->step = H_STATUS;
         return 0;
     }
@@ -451,7 +480,8 @@ static enum proxy_status http_line(struct proxy_hs *h)
         if (h->status < 200 || h->status > 299) {
             char reason[80];
             reason_copy(reason, sizeof(reason), l + (n > 13 ? 13 : n), n > 13 ? n - 13 : 0);
-            return fail(h, PROXY_REFUSED, "HTTP proxy refused CONNECT: %d %s", h->status, reason);
+            return fail(h, PROXY_REFUSED, "HTTP proxy refused CONNECT: %d %s%s", h->status, reason,
+                        h->status == 407 ? " (proxy credentials missing or wrong)" : "");
         }
         h->step = H_HEADERS;
         h->inlen = 0;

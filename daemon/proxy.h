@@ -54,7 +54,8 @@ struct proxy_hs {
     char host[PROXY_MAX_HOST + 1];
     uint16_t port;
     /* The next request.  Sized for the largest one the limits allow. */
-    unsigned char out[2 * PROXY_MAX_HOST + 64];
+    /* CONNECT request: two host names, and Basic credentials in base64. */
+    unsigned char out[2 * PROXY_MAX_HOST + 4 * ((2 * PROXY_MAX_CRED + 1 + 2) / 3) + 128];
     size_t outlen;
     /* The part of a reply read so far. */
     unsigned char in[PROXY_MAX_HTTP_LINE];

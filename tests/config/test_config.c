@@ -586,10 +586,10 @@ static const struct tcase unknown_cases[] = {
      "relays = { r = { hosts = [\"h\"]; options = [\"tunnel\"];\n"
      " proxy = \"socks5://u:pw@127.0.0.1\"; }; };",
      ERR("'proxy': the proxy needs a port", 2)},
-    {"proxy http with credentials",
+    {"proxy http with an empty password",
      "relays = { r = { hosts = [\"h\"]; options = [\"tunnel\"];\n"
-     " proxy = \"http://u:pw@127.0.0.1:3128\"; }; };",
-     ERR("'proxy': credentials are supported for socks5:// proxies only", 2)},
+     " proxy = \"http://u:@127.0.0.1:3128\"; }; };",
+     ERR("'proxy': user and password must be 1-255 bytes each", 2)},
     {"password_command empty",
      "relays = { r = { hosts = [\"h:587\"]; auth = { user = \"u\";\n password_command = \"\"; }; "
      "}; };",

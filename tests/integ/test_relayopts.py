@@ -251,6 +251,26 @@ def case_http_connect(s):
           "wrong CONNECT line: %r" % px.log())
 
 
+
+def case_http_connect_credentials(s):
+    # Basic credentials for the proxy (RFC 7617): sent with CONNECT, never
+    # logged, masked in relays; a wrong password gets the proxy's 407 as a
+    # temporary failure naming the credentials.
+    up = s.fakesmtp("", tls="implicit")
+    px = start_proxy(s, "connect_proxy.py", "--auth", "tun:Pr0xy P@ss")
+    opts = dict(options=("extended", "tunnel", "secure_implicit"),
+                tls_extra='server_name = "localhost";')
+    d = s.daemon(tunnel_relay(s, up, "http://tun:Pr0xy%%20P%%40ss@127.0.0.1:%d" % px.port, **opts))
+    delivered_ok(send_one(d))
+    check("auth ok" in px.log(), "proxy log: %r" % px.log())
+    table = ctl(d, "relays")
+    check("http://tun:***@127.0.0.1:%d" % px.port in table and "Pr0xy" not in table,
+          "relays output: %s" % table)
+    check("Pr0xy" not in d.log() and "dHVuOlByMHh5" not in d.log(), "the secret in the log")
+    d2 = s.daemon(tunnel_relay(s, up, "http://tun:wrong@127.0.0.1:%d" % px.port, **opts))
+    temp_failed(send_one(d2), "407", "credentials")
+    check("auth bad" in px.log(), "proxy log: %r" % px.log())
+
 def case_http_403(s):
     up = s.fakesmtp("")
     px = start_proxy(s, "connect_proxy.py", "--status", "403")
@@ -394,7 +414,7 @@ def check_config(s, relay):
 def case_config_errors(s):
     bad = [
         ('proxy = "socks5://127.0.0.1:1080";', ("extended",), "", "needs the 'tunnel' option"),
-        ('proxy = "http://u:Pw0rdX@127.0.0.1:8080";', ("extended", "tunnel"), "", "socks5"),
+        ('proxy = "http://u:Pw0rdX@127.0.0.1";', ("extended", "tunnel"), "", "port"),
         ('proxy = "socks5://u:Pw0rdX@127.0.0.1";', ("extended", "tunnel"), "", "port"),
         ('proxy = "ftp://127.0.0.1:21";', ("extended", "tunnel"), "", "socks5://"),
         ("", ("extended", "secure"), 'pin_sha256 = [ "abc" ];', "base64"),

@@ -3,14 +3,17 @@
 of every connection to --log ("CONNECT host:port HTTP/1.1").
 
   connect_proxy.py --port-file F --log L [--status N] [--raw TEXT]
-                   [--map HOST=ADDR ...]
+                   [--map HOST=ADDR ...] [--auth USER:PASSWORD]
 
 --status N answers every CONNECT with "HTTP/1.1 N ..." and closes (e.g. 403);
 --raw TEXT sends TEXT (with \\r \\n escapes) as the whole reply (malformed);
---map makes the proxy connect to ADDR when asked for HOST.
+--map makes the proxy connect to ADDR when asked for HOST;
+--auth demands "Proxy-Authorization: Basic" with these credentials (407
+otherwise) and logs "auth ok", "auth missing" or "auth bad".
 """
 
 import argparse
+import base64
 import os
 import socket
 import sys
@@ -61,6 +64,18 @@ class Proxy:
             if self.args.raw is not None:
                 c.sendall(self.args.raw.encode().decode("unicode_escape").encode("latin-1"))
                 return
+            if self.args.auth is not None:
+                want = "Basic " + base64.b64encode(self.args.auth.encode()).decode()
+                got = None
+                for field in head.split(b"\r\n")[1:]:
+                    name, _, value = field.decode("latin-1").partition(":")
+                    if name.strip().lower() == "proxy-authorization":
+                        got = value.strip()
+                self.log("auth " + ("missing" if got is None else "ok" if got == want else "bad"))
+                if got != want:
+                    c.sendall(b"HTTP/1.1 407 Proxy Authentication Required\r\n"
+                              b"Proxy-Authenticate: Basic realm=\"test\"\r\n\r\n")
+                    return
             if self.args.status is not None:
                 c.sendall(b"HTTP/1.1 %d Forbidden\r\nContent-Length: 0\r\n\r\n" % self.args.status)
                 return
@@ -91,6 +106,7 @@ def main():
     ap.add_argument("--status", type=int)
     ap.add_argument("--raw")
     ap.add_argument("--map", action="append", default=[])
+    ap.add_argument("--auth")
     args = ap.parse_args()
     proxy = Proxy(args)
     srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

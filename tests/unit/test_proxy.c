@@ -46,8 +46,18 @@ static void test_url(void)
     free(red);
     proxy_url_clear(&u);
 
+    check_case = "http with credentials (Basic)";
+    CHECK(proxy_url_parse("http://bob:p%40ss@proxy.example:3128", &u, err, sizeof(err)) == 0);
+    CHECK(u.kind == PROXY_HTTP);
+    CHECK_STR(u.user, "bob");
+    CHECK_STR(u.password, "p@ss");
+    red = proxy_url_redacted(&u);
+    CHECK_STR(red, "http://bob:***@proxy.example:3128");
+    free(red);
+    proxy_url_clear(&u);
+
     static const char *const bad[] = {
-        "socks4://h:1",       "http://user:pw@h:1", "socks5://h",
+        "socks4://h:1",       "http://user:@h:1",   "socks5://h",
         "socks5://h:0",       "socks5://h:65536",   "socks5://:1080",
         "socks5://h:12a",     "socks5://[::1:1080", "socks5://[zz]:1080",
         "socks5://u@h:1",     "socks5://u:%zz@h:1", "socks5://h o:1",
@@ -207,6 +217,38 @@ static void test_http(void)
         st = feed(&h, rep2 + i, 1, &used);
     }
     CHECK(st == PROXY_DONE);
+
+    check_case = "request with Basic credentials";
+    CHECK(proxy_start(&h, PROXY_HTTP, "smtp.example.com", 587, "bob", "p@ss") == 0);
+    o = proxy_output(&h, &n);
+    static const char areq[] = "CONNECT smtp.example.com:587 HTTP/1.1\r\n"
+                               "Host: smtp.example.com:587\r\n"
+                               "Proxy-Authorization: Basic Ym9iOnBAc3M=\r\n\r\n";
+    CHECK(n == sizeof(areq) - 1 && memcmp(o, areq, n) == 0);
+
+    check_case = "longest credentials fit";
+    char lu[PROXY_MAX_CRED + 1], lp[PROXY_MAX_CRED + 1], lh[PROXY_MAX_HOST + 1];
+    memset(lu, 'u', PROXY_MAX_CRED);
+    memset(lp, 'p', PROXY_MAX_CRED);
+    memset(lh, 'h', PROXY_MAX_HOST);
+    lu[PROXY_MAX_CRED] = lp[PROXY_MAX_CRED] = lh[PROXY_MAX_HOST] = '\0';
+    CHECK(proxy_start(&h, PROXY_HTTP, lh, 65535, lu, lp) == 0);
+    o = proxy_output(&h, &n);
+    CHECK(n > 2 * PROXY_MAX_HOST + 4 * 171 && n <= sizeof(h.out));
+    CHECK(n >= 4 && memcmp(o + n - 4, "\r\n\r\n", 4) == 0);
+
+    check_case = "bad credentials refused";
+    CHECK(proxy_start(&h, PROXY_HTTP, "h", 25, "a:b", "pw") == -1);
+    CHECK(proxy_start(&h, PROXY_HTTP, "h", 25, "a", NULL) == -1);
+    CHECK(proxy_start(&h, PROXY_HTTP, "h", 25, "", "pw") == -1);
+
+    check_case = "407 names the credentials";
+    CHECK(proxy_start(&h, PROXY_HTTP, "h", 25, "bob", "Zecret9") == 0);
+    CHECK(feed(&h, "HTTP/1.1 407 Proxy Authentication Required\r\n\r\n", 46, &used) ==
+          PROXY_REFUSED);
+    CHECK(strstr(proxy_error(&h), "407") != NULL &&
+          strstr(proxy_error(&h), "credentials") != NULL &&
+          strstr(proxy_error(&h), "Zecret9") == NULL);
 
     check_case = "403";
     CHECK(proxy_start(&h, PROXY_HTTP, "h", 25, NULL, NULL) == 0);
