@@ -94,14 +94,11 @@ int bodyfile_append_buffer(int fd, struct evbuffer *buf)
     return 0;
 }
 
+/* Asked each time (a cheap auxv read): no shared cache for two threads to race on. */
 static size_t page_size(void)
 {
-    static size_t ps;
-    if (ps == 0) {
-        long v = sysconf(_SC_PAGESIZE);
-        ps = v > 0 ? (size_t)v : 4096;
-    }
-    return ps;
+    long v = sysconf(_SC_PAGESIZE);
+    return v > 0 ? (size_t)v : 4096;
 }
 
 int bodyfile_map(int fd, off_t off, size_t len, const char **data, void **base, size_t *maplen)

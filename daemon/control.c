@@ -764,7 +764,9 @@ static void request_run(struct ctl_conn *c, enum control_parse_status st,
         c->ctl->current = NULL;
         return;
     }
-    log_debug("control client=%lu uid=%u unknown command=\"%s\"", c->id, (unsigned)c->uid, name);
+    char esc[200];
+    log_escape(name, strlen(name), esc, sizeof(esc));
+    log_debug("control client=%lu uid=%u unknown command=\"%s\"", c->id, (unsigned)c->uid, esc);
     ctl_error(w, CTL_E_UNKNOWN, "unknown command \"%s\"", req.argv[0]);
 }
 

@@ -435,8 +435,11 @@ static void session_txn_done(struct session *s)
         if (!job->retried) {
             job->retried = 1;
             rp->retried++;
+            char why[600];
+            const char *e = upstream_error(s->u);
+            log_escape(e, strlen(e), why, sizeof(why));
             log_info("msg id=%s relay=%s retrying on a new session: %s", job->m->id, rp->rc->name,
-                     upstream_error(s->u));
+                     why);
             /* upstream forgot the failed transaction's results; earlier ones stand */
             if (rp->pool->retired)
                 generation_requeue(rp, job);

@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/queue.h>
 #include <time.h>
 
@@ -30,6 +31,12 @@
 
 /* Deliveries in progress at once; the rest wait their turn (FIFO). */
 #define QUEUE_MAX_INFLIGHT 256
+/*
+ * Bodies read back from the spool for retries are held in memory while
+ * they are sent; together they stay under this many bytes (a single larger
+ * one still goes, alone).  A retry that does not fit waits a second.
+ */
+#define QUEUE_BODY_BUDGET (64u * 1024 * 1024)
 /* Where a notification waits when bounce_rate is exhausted. */
 #define BOUNCE_RETRY_SECONDS 5
 
@@ -45,6 +52,7 @@ struct qitem {
     char *last_error;
     char **rcpt_error;     /* per recipient, last reply */
     struct evbuffer *body; /* kept from submission for the first attempt */
+    size_t charged;        /* bytes of QUEUE_BODY_BUDGET its retry body holds */
     struct event *timer;
     size_t marks_pending;
     int mark_failed;
@@ -67,7 +75,8 @@ struct queue {
     struct qitem_list committing; /* submitted, not yet durable */
     size_t nitems;
     size_t inflight;
-    int quiescing; /* shutting down: no new attempts */
+    size_t body_bytes; /* retry bodies in memory (QUEUE_BODY_BUDGET) */
+    int quiescing;     /* shutting down: no new attempts */
     int stopping;
     /* bounce_rate: a token bucket refilled per minute */
     double bounce_tokens;
@@ -190,6 +199,13 @@ static int all_final(const struct qitem *it)
         if (it->e.rcpts[i].state == SPOOL_PENDING)
             return 0;
     return 1;
+}
+
+/* The retry body this attempt read is gone: give its bytes back to the budget. */
+static void item_uncharge(struct qitem *it)
+{
+    it->q->body_bytes -= it->charged;
+    it->charged = 0;
 }
 
 static void item_release_slot(struct qitem *it)
@@ -459,10 +475,13 @@ static void item_complete(struct qitem *it)
          * someone else's notification) has no return path.  Kept for the
          * operator instead of being dropped.
          */
+        char why[600];
+        log_escape(it->last_error ? it->last_error : "?",
+                   it->last_error ? strlen(it->last_error) : 1, why, sizeof(why));
         log_error("queue msg id=%s %s could not be delivered and has no return path: %s; "
                   "moved to failed/",
                   it->e.id, it->e.is_bounce ? "a delivery status notification" : "mail from <>",
-                  it->last_error ? it->last_error : "?");
+                  why);
         if (spool_move(q->spool, it->e.id, it->held ? SPOOL_IN_HOLD : SPOOL_IN_QUEUE,
                        SPOOL_IN_FAILED, moved_failed_cb, it) != 0)
             moved_failed_cb(ENOMEM, it);
@@ -531,8 +550,12 @@ static void item_finish_attempt(struct qitem *it)
     it->attempts++;
     unsigned d = retry_delay(q, it->attempts);
     item_release_slot(it);
+    /* The relay's words, escaped: a quote in them must not forge a field. */
+    char why[600];
+    log_escape(it->last_error ? it->last_error : "", it->last_error ? strlen(it->last_error) : 0,
+               why, sizeof(why));
     log_info("queue msg id=%s deferred attempts=%u retry_in=%us reason=\"%s\"", it->e.id,
-             it->attempts, d, it->last_error ? it->last_error : "");
+             it->attempts, d, why);
     item_schedule(it, now + d);
 }
 
@@ -586,6 +609,7 @@ static void delivered_cb(struct message *m, void *arg)
     free(at->map);
     free(at);
     message_free(m);
+    item_uncharge(it);
     if (it->marks_pending == 0)
         marks_settled(it);
     /* else mark_done_cb settles when the last mark is on disk */
@@ -615,6 +639,7 @@ static void item_deliver(struct qitem *it, struct evbuffer *body)
         free(at->map);
         free(at);
         evbuffer_free(body);
+        item_uncharge(it);
         item_finish_attempt(it);
         return;
     }
@@ -638,6 +663,7 @@ oom:
     evbuffer_free(body);
 oom_body_owned:
     message_free(m);
+    item_uncharge(it);
     if (at)
         free(at->map);
     free(at);
@@ -660,6 +686,7 @@ static void body_loaded(int err, struct evbuffer *body, void *arg)
         log_error("queue msg id=%s %s", it->e.id, why);
         if (body)
             evbuffer_free(body);
+        item_uncharge(it);
         set_error(&it->last_error, why);
         item_finish_attempt(it);
         return;
@@ -687,6 +714,15 @@ static void item_attempt(struct qitem *it)
         item_deliver(it, b);
         return;
     }
+    if (q->body_bytes > 0 && q->body_bytes + it->e.body_size > QUEUE_BODY_BUDGET) {
+        log_debug("queue msg id=%s waits: %zu bytes of retry bodies in memory already", it->e.id,
+                  q->body_bytes);
+        item_release_slot(it);
+        item_schedule(it, time(NULL) + 1);
+        return;
+    }
+    it->charged = it->e.body_size;
+    q->body_bytes += it->charged;
     if (spool_load_body(q->spool, &it->e, it->held, body_loaded, it) != 0)
         body_loaded(ENOMEM, NULL, it);
 }
@@ -797,6 +833,11 @@ int queue_submit(struct queue *q, struct message *m, const struct relay_config *
     /* The spool has its copy; the body itself serves the first attempt. */
     it->body = m->body;
     m->body = empty;
+    if (m->body_fd >= 0) {
+        /* The mapping in it->body stands on its own; m's body is empty now. */
+        close(m->body_fd);
+        m->body_fd = -1;
+    }
     return 0;
 oom:
     item_free(it);

@@ -463,9 +463,6 @@ struct job {
     size_t len;   /* bytes in data (load: bytes to read) */
     int src_fd;   /* commit: the body is this file's first body_len bytes, or -1 */
     size_t body_len;
-    const char *map_data; /* load: a mapping of the body (large bodies) instead of data */
-    void *map_base;
-    size_t map_len;
     off_t off;   /* mark: state byte; load: body start */
     char state;  /* mark: new state */
     int fd;      /* commit and mark, while a group is in progress */
@@ -498,7 +495,6 @@ static void job_free(struct job *j)
 {
     if (j->src_fd >= 0)
         close(j->src_fd);
-    bodyfile_unmap(j->map_base, j->map_len);
     free(j->data);
     free(j);
 }
@@ -844,15 +840,6 @@ static void load_one(struct spool *s, struct job *j)
         j->err = errno;
     } else if (j->off < 0 || (uint64_t)st.st_size < (uint64_t)j->off + j->len) {
         j->err = EIO; /* truncated since it was parsed */
-    } else if (j->len >= BODYFILE_SPILL_AT) {
-        /*
-         * Large bodies are mapped, not copied onto the heap: the page cache
-         * holds them, and a retry of a big message costs no daemon memory.
-         * Spool files are the daemon's own (0600 in a 0700 directory) and it
-         * never truncates one, so the mapping stays valid.
-         */
-        if (bodyfile_map(fd, j->off, j->len, &j->map_data, &j->map_base, &j->map_len) < 0)
-            j->err = errno;
     } else if ((j->data = malloc(j->len > 0 ? j->len : 1)) == NULL) {
         j->err = ENOMEM;
     } else if (pread_all(fd, j->data, j->len, j->off) < 0) {
@@ -964,11 +951,7 @@ static void deliver(struct job *list)
             struct evbuffer *b = NULL;
             if (j->err == 0 && (b = evbuffer_new()) == NULL)
                 j->err = ENOMEM;
-            if (j->err == 0 && j->map_base != NULL) {
-                if (bodyfile_add_mapping(b, j->map_data, j->len, j->map_base, j->map_len) < 0)
-                    j->err = ENOMEM;
-                j->map_base = NULL; /* unmapped by b, or already on failure */
-            } else if (j->err == 0 && j->len > 0) {
+            if (j->err == 0 && j->len > 0) {
                 if (evbuffer_add_reference(b, j->data, j->len, free_body, NULL) == 0)
                     j->data = NULL; /* the evbuffer frees it */
                 else
@@ -1472,15 +1455,22 @@ long spool_recover(struct spool *s, void (*found)(struct spool_entry *e, int hel
     return count;
 }
 
-int spool_tmpfile(struct spool *s)
+int spool_has_room(struct spool *s, size_t more)
 {
     struct statvfs sv;
 
     if (fstatvfs(s->root, &sv) < 0)
         return -1;
-    if ((uint64_t)sv.f_bavail * sv.f_frsize < s->min_free + BODYFILE_SPILL_AT) {
+    if ((uint64_t)sv.f_bavail * sv.f_frsize < s->min_free + more) {
         errno = ENOSPC;
         return -1;
     }
+    return 0;
+}
+
+int spool_tmpfile(struct spool *s)
+{
+    if (spool_has_room(s, BODYFILE_SPILL_AT) < 0)
+        return -1;
     return bodyfile_create(s->dirs[DIR_TMP]);
 }

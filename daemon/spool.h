@@ -171,6 +171,13 @@ int spool_commit(struct spool *s, struct spool_entry *e, struct evbuffer *body, 
 int spool_tmpfile(struct spool *s);
 
 /*
+ * Whether the spool's file system has `more` bytes free above min_free.
+ * Returns 0, or -1 with errno (ENOSPC).  For body files, which grow while
+ * a message arrives: checked again every few MiB.
+ */
+int spool_has_room(struct spool *s, size_t more);
+
+/*
  * Record recipient i's new state durably (pwrite of the state byte + sync;
  * marks waiting together share one sync).  The byte is only written where
  * the file holds a state byte (else cb(EIO)).  cb(0) once durable, or
@@ -181,8 +188,8 @@ int spool_mark(struct spool *s, const struct spool_entry *e, int held, size_t i,
                spool_cb cb, void *arg);
 
 /*
- * Read the body (e->body_size bytes at e->body_off; large bodies are mapped,
- * not copied) into a new evbuffer that
+ * Read the body (e->body_size bytes at e->body_off) with read(), never a
+ * mapping, so a disk error is an error and not a signal, into a new evbuffer that
  * cb takes over (NULL when err != 0: ENOENT, EIO for a file shorter than its
  * header says, ENOMEM).  Returns 0, or -1 (EINVAL, ENOMEM) if not queued.
  */

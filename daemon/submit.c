@@ -76,8 +76,9 @@ struct client {
     const struct config *route_cfg; /* the config rcpt_relay was decided under */
     struct body_decoder dec;
     int too_big;
-    size_t in_file; /* bytes of msg's body already in msg->body_fd */
-    int store_err;  /* errno of a failed write of the body to its file: 452 at the end */
+    size_t received; /* decoded bytes of the message so far, stored or not */
+    size_t in_file;  /* bytes of msg's body already in msg->body_fd */
+    int store_err;   /* errno of a failed write of the body to its file: 452 at the end */
     int bad_commands;
     int in_read;
     TAILQ_ENTRY(client) entry;
@@ -157,6 +158,7 @@ static void client_reset_txn(struct client *c)
     free(c->rcpt_relay);
     c->rcpt_relay = NULL;
     c->too_big = 0;
+    c->received = 0;
     c->in_file = 0;
     c->store_err = 0;
 }
@@ -277,6 +279,9 @@ static void client_data_done(struct client *c)
     }
 }
 
+/* How often (bytes appended to a body file) the spool's free space is checked again. */
+#define SPILL_ROOM_CHECK (4u * 1024 * 1024)
+
 /* Forget the data received so far (the file, if any, goes with its descriptor). */
 static void client_drop_body(struct client *c)
 {
@@ -300,6 +305,13 @@ static void client_spill(struct client *c)
     struct message *m = c->msg;
     size_t n = evbuffer_get_length(m->body);
     if (m->body_fd < 0 && (m->body_fd = spool_tmpfile(c->srv->spool)) < 0) {
+        c->store_err = errno;
+        client_drop_body(c);
+        return;
+    }
+    /* Every few MiB the spool's free space is looked at again: min_free holds. */
+    if (c->in_file / SPILL_ROOM_CHECK != (c->in_file + n) / SPILL_ROOM_CHECK &&
+        spool_has_room(c->srv->spool, n) < 0) {
         c->store_err = errno;
         client_drop_body(c);
         return;
@@ -335,7 +347,9 @@ static int client_read_data(struct client *c)
         w.iov_len = c->too_big || c->store_err ? 0 : outlen;
         evbuffer_commit_space(body, &w, 1);
         evbuffer_drain(in, used);
-        if (!c->too_big && c->in_file + evbuffer_get_length(body) > max) {
+        c->received += outlen;
+        /* Counted whether stored or not: a storage error must not hide "too big" (552). */
+        if (!c->too_big && c->received > max) {
             /* Past the limit: keep reading to the end, but store nothing more. */
             c->too_big = 1;
             client_drop_body(c);

@@ -444,6 +444,28 @@ def case_queue_fsync_error(s):
     check(len(up.messages()) == 3, "delivered more than once: %d" % len(up.messages()))
 
 
+def case_queue_log_fields_escaped(s):
+    """The relay's text in the queue's key=value log lines (deferred reason,
+    per-recipient reply) is escaped: a quote in it cannot end the field and
+    forge fields of its own."""
+    forged = 'later" status=sent to=<victim@example.test> x="'
+    up = s.fakesmtp("on rcpt reply 451 4.3.0 %s\n" % forged)
+    d = qdaemon(s, up.port, spool={"retry_min": 60, "retry_max": 60})
+    queued_ids(send_one(d, body=body("forge")))
+    d.wait_log("deferred attempts=")
+    for line in d.log().splitlines():
+        if "queue msg id=" not in line or "later" not in line:
+            continue
+        key = ' reason="' if " reason=" in line else ' reply="'
+        fields, _, value = line.partition(key)
+        check(value.endswith('"') and '"' not in value[:-1],
+              "the relay's text ends the quoted field early: %r" % line)
+        check("status=sent" not in fields and "victim" not in fields,
+              "the relay wrote its own fields: %r" % line)
+    check(" reason=\"451 4.3.0 later\\x22 status=sent" in d.log(), "no escaped deferred reason:\n"
+          + d.log())
+
+
 def case_queue_restart_recovery(s):
     port = free_port()
     spool = s.subdir("spool")

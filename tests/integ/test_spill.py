@@ -223,6 +223,42 @@ def case_spill_below_min_free(s):
     d.wait_log("cannot keep the message data on disk")
 
 
+
+def case_spill_too_big_without_room(s):
+    """Too big and no room for its file: the permanent 552 wins over the
+    temporary 452, or the client would retry a message that can never go."""
+    up = s.fakesmtp()
+    d = s.daemon(s.relay(up.port), spool={"min_free": 1 << 50}, max_size=1 << 20)
+    r = send_one(d, body=big_body(3 << 20))
+    expect_codes(r.results, [552])
+
+
+def case_spill_retry_budget(s):
+    """Bodies read back from the spool for retries share a memory budget
+    (64 MiB): three 30 MiB retries at once, the third waits for memory,
+    and all three are delivered byte-exact, once each."""
+    # First attempts deferred; the retries are slow to answer, so they overlap.
+    up = s.fakesmtp("on rcpt #1 reply 451 4.3.0 later\non rcpt #2 reply 451 4.3.0 later\n"
+                    "on rcpt #3 reply 451 4.3.0 later\non dot delay 2500\n")
+    d = s.daemon(s.relay(up.port, mode="queue", pool={"max_connections": 3}),
+                 max_size=40 << 20, spool={"retry_min": 3600, "retry_max": 3600})
+    bodies = [big_body(30 << 20, seed=200 + i) for i in range(3)]
+    for b in bodies:
+        expect_codes(send_one(d, body=b).results, [250])
+    wait_for(lambda: d.log().count("deferred attempts=1") == 3, 30, lambda: d.log()[-3000:])
+    # Every retry due now, all at once.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sk:
+        sk.settimeout(10)
+        sk.connect(os.path.join(d.dir, "control.sock"))
+        sk.sendall(b"flush\n")
+        check(b'"ok":true' in sk.recv(4096), "flush refused")
+    d.wait_log("bytes of retry bodies in memory already", timeout=10)
+    wait_for(lambda: len(up.messages()) == 3, 90, lambda: d.log()[-3000:])
+    got = sorted(m.eml for m in up.messages())
+    check(got == sorted(bodies), "bodies differ")
+    time.sleep(1.5)
+    check(len(up.messages()) == 3, "delivered %d times" % len(up.messages()))
+
 def case_spill_hangup_mid_data(s):
     """A client that hangs up in the middle of a big message: nothing is
     sent upstream, no file or descriptor is left, the next client is served."""

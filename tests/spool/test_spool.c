@@ -1381,7 +1381,7 @@ static void test_commit_file(void)
     free(got);
     CHECK(count_files(dir, "tmp") == 0);
 
-    check_case = "loaded back (mapped)";
+    check_case = "loaded back";
     struct body_wait bw = {0};
     CHECK(spool_load_body(s, &e, 0, on_body, &bw) == 0);
     CHECK(wait_for(&bw.calls, 1) == 0 && bw.err == 0 && bw.body != NULL);
@@ -1419,6 +1419,58 @@ static void test_commit_file(void)
     rm_rf(dir);
 }
 
+/* min_free holds while body files grow: the room left is asked again. */
+static void test_has_room(void)
+{
+    char *dir = make_tmpdir();
+    char *mnt = path_of(dir, "mnt", NULL);
+
+    if (mkdir(mnt, 0700) < 0)
+        die("mkdir");
+    if (mount("tmpfs", mnt, "tmpfs", MS_NOSUID | MS_NODEV, "size=8m,mode=0700") < 0) {
+        fprintf(stderr, "cannot mount a tmpfs (%s): skipped\n", strerror(errno));
+        free(mnt);
+        rm_rf(dir);
+        exit(77);
+    }
+    char *sp = path_of(mnt, "spool", NULL);
+    struct spool *s = open_spool(sp, 4 * 1024 * 1024);
+    CHECK(s != NULL);
+    if (s != NULL) {
+        check_case = "an empty 8 MiB file system, 4 MiB reserved";
+        CHECK(spool_has_room(s, 1024 * 1024) == 0);
+        CHECK(spool_has_room(s, 5 * 1024 * 1024) == -1 && errno == ENOSPC);
+
+        check_case = "a body file grows into the reserve";
+        int fd = spool_tmpfile(s);
+        CHECK(fd >= 0);
+        size_t chunk = 512 * 1024;
+        char *buf = calloc(1, chunk);
+        for (int i = 0; i < 7 && fd >= 0; i++) /* 3.5 MiB */
+            CHECK(bodyfile_append(fd, buf, chunk) == 0);
+        CHECK(spool_has_room(s, 256 * 1024) == 0);
+        CHECK(spool_has_room(s, 1024 * 1024) == -1 && errno == ENOSPC);
+
+        check_case = "space comes back with the file";
+        if (fd >= 0)
+            close(fd);
+        CHECK(spool_has_room(s, 1024 * 1024) == 0);
+
+        check_case = "no body file at all below the reserve";
+        spool_close(s);
+        s = open_spool(sp, 8 * 1024 * 1024);
+        CHECK(s != NULL && spool_tmpfile(s) == -1 && errno == ENOSPC);
+        free(buf);
+    }
+    if (s != NULL)
+        spool_close(s);
+    free(sp);
+    if (umount(mnt) < 0)
+        fprintf(stderr, "umount: %s\n", strerror(errno));
+    free(mnt);
+    rm_rf(dir);
+}
+
 int main(int argc, char **argv)
 {
     static const struct unit_group groups[] = {
@@ -1435,6 +1487,7 @@ int main(int argc, char **argv)
         {"load_body", test_load_body},
         {"bodyfile", test_bodyfile},
         {"commit_file", test_commit_file},
+        {"has_room", test_has_room},
     };
     int rc;
 
