@@ -86,6 +86,18 @@ struct addr {
     socklen_t len;
 };
 
+/*
+ * Why the kick event (a zero timer, so nothing runs inside the caller) was
+ * activated.  Each use sets its own reason, and the callback acts only when
+ * the state still calls for it: one purpose is never taken for another.
+ */
+enum kick_reason {
+    KICK_NONE,
+    KICK_START_HOST, /* upstream_new(): resolve and connect the first host */
+    KICK_TXN_LOCAL,  /* upstream_send() refused the message locally: finish it */
+    KICK_DESYNC,     /* upstream_in_sync() saw an early reply: fail the session */
+};
+
 struct upstream {
     struct event_base *base;
     struct evdns_base *dns;
@@ -98,7 +110,8 @@ struct upstream {
 
     enum upstream_state state;
     struct ioev *io;
-    struct event *kick; /* deferred start, so no callback runs inside upstream_new() */
+    struct event *kick; /* deferred work, so no callback runs inside the caller */
+    enum kick_reason kick_why;
     struct evdns_getaddrinfo_request *dns_req;
     struct proxy_hs *proxy; /* the tunnel's handshake; NULL without a proxy */
     struct reply_parser parser;
@@ -120,6 +133,12 @@ struct upstream {
     int dot_sent; /* the end of data ("." or the last BDAT byte) was queued */
     int bdat;     /* this transaction uses BDAT ... LAST (RFC 3030) instead of DATA */
     int dirty;    /* the last transaction did not end cleanly: RSET first */
+    /*
+     * The transaction was refused locally (SIZE, SMTPUTF8, ...): every
+     * recipient has its result and nothing was sent.  Any reply now answers
+     * nothing, and a failure of the session does not change that outcome.
+     */
+    int txn_local;
     enum txn_outcome outcome;
     /*
      * One message may take several transactions (rate.max_recipients, or a
@@ -140,8 +159,8 @@ struct upstream {
     int freed;
     /*
      * The server sent a reply before the command it would answer (see
-     * upstream_in_sync()): nothing more is sent, and the kick event fails
-     * the session from the loop.
+     * upstream_in_sync()): nothing more is sent, and the kick event
+     * (KICK_DESYNC) fails the session from the loop.
      */
     int desync;
 
@@ -177,6 +196,7 @@ static void txn_forget(struct upstream *u);
 static void upstream_io(struct ioev *io, enum ioev_event ev, void *arg);
 static void upstream_next_address(struct upstream *u);
 static void upstream_start_host(struct upstream *u);
+static void upstream_reply_error(struct upstream *u, const char *what, const struct smtp_reply *r);
 
 static const char *probe_step_name(const struct upstream *u, enum upstream_state s)
 {
@@ -357,6 +377,59 @@ static void upstream_protocol_error(struct upstream *u, const char *fmt, ...)
         u->msg && u->dot_sent ? "; outcome unknown, the message may have been delivered" : "");
 }
 
+static void upstream_kick(struct upstream *u, enum kick_reason why)
+{
+    u->kick_why = why;
+    event_active(u->kick, EV_TIMEOUT, 0);
+}
+
+/*
+ * The session failed, or starts over on the next address: no deferred work
+ * of what it was doing may run any more, and the next address starts in sync.
+ */
+static void upstream_kick_clear(struct upstream *u)
+{
+    u->desync = 0;
+    u->kick_why = KICK_NONE;
+    if (u->kick)
+        event_del(u->kick);
+}
+
+/* How much buffered input upstream_buffered_421() looks at. */
+#define BUFFERED_421_MAX (16 * 1024)
+
+/*
+ * A complete 421 already waiting (typically right behind a good reply, in
+ * the same write) is the server closing the session rather than a reply to
+ * the wrong command: the error says so, as for any 421.  Returns 1 when the
+ * error was set.
+ */
+static int upstream_buffered_421(struct upstream *u)
+{
+    struct evbuffer *in = ioev_input(u->io);
+    size_t len = evbuffer_get_length(in);
+    if (reply_parser_pending(&u->parser) || len < 4)
+        return 0;
+    if (len > BUFFERED_421_MAX)
+        len = BUFFERED_421_MAX;
+    const char *data = (const char *)evbuffer_pullup(in, (ev_ssize_t)len);
+    if (data == NULL || memcmp(data, "421", 3) != 0)
+        return 0;
+    struct reply_parser p;
+    struct smtp_reply r;
+    enum reply_status st;
+    memset(&r, 0, sizeof(r));
+    reply_parser_init(&p);
+    reply_parser_feed(&p, data, len, &st, &r);
+    int is421 = st == REPLY_COMPLETE && r.code == 421;
+    if (is421)
+        upstream_reply_error(u, "server closed the session", &r);
+    if (st == REPLY_COMPLETE)
+        smtp_reply_clear(&r);
+    reply_parser_reset(&p);
+    return is421;
+}
+
 /*
  * Before a command that must wait for the previous reply, and before the
  * message data after 354, nothing may be waiting from the server: a reply
@@ -374,30 +447,23 @@ static int upstream_in_sync(struct upstream *u)
     if (evbuffer_get_length(ioev_input(u->io)) == 0 && !reply_parser_pending(&u->parser))
         return 1;
     u->desync = 1;
-    upstream_protocol_error(u, "the server replied to a command before it was sent "
-                               "(extra or unsolicited reply); session out of sync");
-    event_active(u->kick, EV_TIMEOUT, 0);
+    if (!upstream_buffered_421(u))
+        upstream_protocol_error(u, "the server replied to a command before it was sent "
+                                   "(extra or unsolicited reply); session out of sync");
+    upstream_kick(u, KICK_DESYNC);
     return 0;
-}
-
-/* The session failed some other way first: the pending kick must not fire. */
-static void upstream_desync_clear(struct upstream *u)
-{
-    if (u->desync) {
-        u->desync = 0;
-        event_del(u->kick);
-    }
 }
 
 /*
  * The session is over.  A transaction in progress ends with TXN_RETRY when
  * the final dot was not sent yet (nothing can have been delivered) and
- * TXN_UNKNOWN after it; otherwise the owner gets UPSTREAM_FAILED.
+ * TXN_UNKNOWN after it, or TXN_COMPLETE when it was refused locally (its
+ * results stand); otherwise the owner gets UPSTREAM_FAILED.
  */
 static void upstream_fail(struct upstream *u)
 {
     char esc[600];
-    upstream_desync_clear(u);
+    upstream_kick_clear(u);
     log_escape(u->error, strlen(u->error), esc, sizeof(esc));
     log_warn("upstream relay=%s host=%s state=%s error=\"%s\"", u->relay->name, u->hostport,
              state_names[u->state], esc);
@@ -408,7 +474,12 @@ static void upstream_fail(struct upstream *u)
         u->io = NULL;
     }
     if (in_txn) {
-        u->outcome = u->dot_sent ? TXN_UNKNOWN : TXN_RETRY;
+        /* A local refusal stands: nothing of it was sent, its results are set. */
+        if (u->txn_local)
+            u->outcome = TXN_COMPLETE;
+        else
+            u->outcome = u->dot_sent ? TXN_UNKNOWN : TXN_RETRY;
+        u->txn_local = 0;
         if (u->outcome == TXN_RETRY)
             txn_forget(u);
         u->done_msg = u->msg;
@@ -426,7 +497,7 @@ static void upstream_fail(struct upstream *u)
 static void upstream_setup_failed(struct upstream *u)
 {
     char esc[600];
-    upstream_desync_clear(u);
+    upstream_kick_clear(u);
     log_escape(u->error, strlen(u->error), esc, sizeof(esc));
     if (u->io) {
         ioev_free(u->io);
@@ -471,6 +542,15 @@ static void upstream_connect(struct upstream *u)
 {
     char err[256];
     struct addr *a = &u->addrs[u->addr_idx];
+    if (u->io != NULL) {
+        /* Never two connections: the old one would live on, calling back into u. */
+        log_error("upstream relay=%s host=%s state=%s connecting with a connection open; "
+                  "closing it",
+                  u->relay->name, u->hostport, state_names[u->state]);
+        ioev_free(u->io);
+        u->io = NULL;
+        reply_parser_reset(&u->parser);
+    }
     upstream_set_state(u, US_CONNECTING);
     u->io =
         ioev_connect(u->base, (struct sockaddr *)&a->ss, a->len, upstream_io, u, err, sizeof(err));
@@ -593,11 +673,6 @@ static void upstream_start_host(struct upstream *u)
      */
     /* May call upstream_resolved() at once for address literals. */
     u->dns_req = evdns_getaddrinfo(u->dns, connect_host(u), NULL, &hints, upstream_resolved, u);
-}
-
-static void upstream_kick(evutil_socket_t fd, short what, void *arg)
-{
-    upstream_start_host(arg);
 }
 
 /* ---- TLS ---------------------------------------------------------------- */
@@ -818,6 +893,7 @@ static long txn_plan(struct upstream *u)
     u->accepted = 0;
     u->mail_failed = 0;
     u->dot_sent = 0;
+    u->txn_local = 0;
     /* BDAT only where the whole envelope and chunk can go out in one burst. */
     u->bdat = (u->caps.flags & CAP_CHUNKING) && (u->caps.flags & CAP_PIPELINING);
     body_encoder_init(&u->enc);
@@ -868,6 +944,7 @@ static void txn_finish(struct upstream *u, int clean)
 {
     u->dirty = !clean;
     u->messages++;
+    u->txn_local = 0;
     if (txn_next(u))
         return;
     u->outcome = TXN_COMPLETE;
@@ -887,8 +964,6 @@ static void reply_text(const struct smtp_reply *r, char *out, size_t outlen)
         if (*p == '\n')
             *p = ' ';
 }
-
-static void upstream_reply_error(struct upstream *u, const char *what, const struct smtp_reply *r);
 
 static void txn_reply(struct upstream *u, const struct smtp_reply *r)
 {
@@ -1003,6 +1078,20 @@ static void body_reply(struct upstream *u, const struct smtp_reply *r)
     txn_finish(u, r->code / 100 == 2);
 }
 
+/*
+ * The message is refused (or done) without sending anything: its results
+ * are set.  They are reported from the loop, like a server reply would be;
+ * a reply from the server meanwhile answers nothing (see upstream_reply()).
+ */
+static void txn_refuse_locally(struct upstream *u)
+{
+    upstream_set_state(u, US_TXN);
+    u->cmd_next = 0;
+    u->reply_next = u->txn_n + 2;
+    u->txn_local = 1;
+    upstream_kick(u, KICK_TXN_LOCAL);
+}
+
 int upstream_send(struct upstream *u, struct message *m)
 {
     if (u->state != US_IDLE || u->msg != NULL || u->freed)
@@ -1011,17 +1100,13 @@ int upstream_send(struct upstream *u, struct message *m)
     u->done_msg = NULL;
     if (txn_plan(u) < 0) {
         message_set_pending_results(m, 451, "4.3.0", "out of memory");
-        upstream_set_state(u, US_TXN);
         u->txn_n = 0;
-        u->reply_next = 2;
-        event_active(u->kick, EV_TIMEOUT, 0);
+        txn_refuse_locally(u);
         return 0;
     }
     if (u->txn_n == 0) {
         /* Every recipient has its result already: nothing to send. */
-        upstream_set_state(u, US_TXN);
-        u->reply_next = 2;
-        event_active(u->kick, EV_TIMEOUT, 0);
+        txn_refuse_locally(u);
         return 0;
     }
 
@@ -1030,31 +1115,46 @@ int upstream_send(struct upstream *u, struct message *m)
         snprintf(text, sizeof(text), "message size %zu exceeds the fixed limit %llu of relay %s",
                  m->size, u->caps.size, u->relay->name);
         message_set_pending_results(m, 552, "5.3.4", text);
-        upstream_set_state(u, US_TXN);
-        u->reply_next = u->txn_n + 2;
-        /* Report asynchronously through a zero timer, like a server reply. */
-        event_active(u->kick, EV_TIMEOUT, 0);
+        txn_refuse_locally(u);
         return 0;
     }
     if (needs_smtputf8(m) && !(u->caps.flags & CAP_SMTPUTF8)) {
         message_set_pending_results(m, 553, "5.6.7",
                                     "relay does not support SMTPUTF8 (internationalised address)");
-        upstream_set_state(u, US_TXN);
-        u->reply_next = u->txn_n + 2;
-        event_active(u->kick, EV_TIMEOUT, 0);
+        txn_refuse_locally(u);
         return 0;
     }
     txn_start(u);
     return 0;
 }
 
-/* The kick event after upstream_new() starts the session; during a
- * transaction it completes one that was refused locally. */
+/* The deferred work of the kick event, for the reason it was activated. */
 static void upstream_kick_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct upstream *u = arg;
-    if (u->desync) {
-        /* The error is set (upstream_in_sync()); a next address starts in sync. */
+    enum kick_reason why = u->kick_why;
+    (void)fd;
+    (void)what;
+    u->kick_why = KICK_NONE;
+    if (u->freed)
+        return;
+    switch (why) {
+    case KICK_NONE:
+        return;
+    case KICK_START_HOST:
+        /* Only a session that has no connection yet, nor a lookup under way. */
+        if (u->state == US_RESOLVING && u->io == NULL && u->dns_req == NULL)
+            upstream_start_host(u);
+        return;
+    case KICK_TXN_LOCAL:
+        /* The refusal is final; an earlier unclean end still needs its RSET. */
+        if (u->state == US_TXN && u->msg && u->txn_local && u->io)
+            txn_finish(u, !u->dirty);
+        return;
+    case KICK_DESYNC:
+        /* The error is set (upstream_in_sync()). */
+        if (!u->desync)
+            return;
         u->desync = 0;
         if (u->state == US_DEAD || u->state == US_QUIT || u->io == NULL)
             return;
@@ -1064,11 +1164,6 @@ static void upstream_kick_cb(evutil_socket_t fd, short what, void *arg)
             upstream_fail(u);
         return;
     }
-    if (u->state == US_TXN && u->msg && u->reply_next == u->txn_n + 2) {
-        txn_finish(u, 1);
-        return;
-    }
-    upstream_kick(fd, what, arg);
 }
 
 /* ---- the state machine -------------------------------------------------- */
@@ -1386,6 +1481,15 @@ static void upstream_reply(struct upstream *u, const struct smtp_reply *r)
         return;
 
     case US_TXN:
+        if (u->txn_local || u->reply_next >= u->cmd_next) {
+            /* No command is waiting for a reply: this one answers nothing. */
+            upstream_protocol_error(u,
+                                    "%d reply while no command was outstanding "
+                                    "(unsolicited reply); session out of sync",
+                                    r->code);
+            upstream_fail(u);
+            return;
+        }
         txn_reply(u, r);
         return;
 
@@ -1645,7 +1749,7 @@ struct upstream *upstream_new(const struct upstream_params *p, upstream_cb cb, v
     const struct relay_host *h = &p->relay->hosts[u->host_idx];
     snprintf(u->hostport, sizeof(u->hostport), "%s:%u", h->host, h->port);
     u->state = US_RESOLVING;
-    event_active(u->kick, EV_TIMEOUT, 0);
+    upstream_kick(u, KICK_START_HOST);
     return u;
 }
 

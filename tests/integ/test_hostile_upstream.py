@@ -40,7 +40,8 @@ Upstream server -> daemon
 | capabilities seen before STARTTLS | hup_caps_auth_only_before_tls, hup_caps_size_forgotten_after_tls, test_tls:caps_after_tls |
 | AUTH: invalid base64 challenge, `535`, server drops during AUTH | hup_auth_bad_base64_{cram,scram}, hup_auth_535, hup_auth_drop, hup_auth_334_loop_{plain,login,cram,scram}, hup_421_auth, test_auth:auth_*_wrong_password |
 | `SIZE` limit smaller than the message | hup_size_smaller_552_no_data, hup_absurd_size_values, test_upstream:upstream_size_limit |
-| (more) extra, unsolicited and shifted replies | hup_extra_reply_before_ehlo, hup_extra_reply_to_ehlo, hup_extra_reply_after_auth, hup_two_replies_to_mail, hup_two_replies_to_mail_lockstep, hup_extra_reply_after_dot_shift, hup_extra_reply_after_dot_idle, hup_early_reply_during_body, hup_early_reply_then_reject, hup_354_with_early_250 |
+| (more) extra, unsolicited and shifted replies | hup_extra_reply_before_ehlo, hup_extra_reply_to_ehlo, hup_extra_reply_after_auth, hup_two_replies_to_mail, hup_two_replies_to_mail_lockstep, hup_extra_reply_after_dot_shift, hup_extra_reply_after_dot_idle, hup_early_reply_during_body, hup_early_reply_then_reject, hup_354_with_early_250, hup_421_behind_dot_next_retried |
+| (more) a stray reply while the next message is refused locally (server's SIZE, no SMTPUTF8) | hup_stray_{451,354,421}_behind_dot_size_refused, hup_stray_{451,354}_behind_dot_smtputf8_refused |
 | (more) replies of the wrong class | hup_class_250_to_data, hup_class_250_to_data_always, hup_class_250_to_data_queue, hup_class_354_to_mail, hup_class_3xx_to_rcpt, hup_class_354_to_dot, hup_class_354_to_bdat_last, hup_554_greeting_nothing_sent |
 
 TLS
@@ -562,6 +563,87 @@ def case_hup_extra_reply_after_dot_idle(s):
     up.wait_log("1 * close")  # the idle session saw the extra reply and was dropped
     check_dropped(up, 1, "DATA")
     check_next_on_new(up, d)
+
+
+# A stray reply behind the reply to the dot, while the next message waits
+# for the one session and is refused locally (the server's SIZE, or no
+# SMTPUTF8): nothing was sent for it, so no reply of the server's can be its
+# answer.  The stray reply breaks the session (it is closed at once, never
+# restarted or reused); the refused message keeps the local refusal.
+STRAY_CAPS = "ehlo PIPELINING\nehlo 8BITMIME\nehlo ENHANCEDSTATUSCODES\nehlo SIZE 5000\n"
+REFUSED = {"size": (552, "5.3.4", {}),
+           "smtputf8": (553, "5.6.7", {"mail_params": "SMTPUTF8"})}
+
+
+def _stray_behind_dot_refused(s, extra, refusal):
+    code, ecode, kw = REFUSED[refusal]
+    # idle: the server would hang up by itself after that long; a session the
+    # daemon lost track of would still be open by then.
+    up = s.fakesmtp(STRAY_CAPS + "idle 6\non dot #1 delay 1500\n"
+                    "on dot #1 raw 250 2.0.0 Ok: queued\\r\\n%s\\r\\n\n" % extra)
+    d = s.daemon(s.relay(up.port, pool=ONE))
+    first = in_thread(send_one, d, body=body("first"))
+    up.wait_log("1 P C: DATA")
+    tail = b"x" * 8000 + b"\r\n" if refusal == "size" else b""
+    second = in_thread(send_one, d, body=body("second") + tail, **kw)
+    r1, r2 = first.finish(20), second.finish(20)
+    delivered_ok(r1)  # the server did take the first message
+    check(conn_of(up, "first") == 1, "first message not on connection 1")
+    check(r2.mail.code == 250 and r2.data.code == 354, "second refused early: %r" % r2)
+    expect_codes(r2.results, [code])
+    check(r2.results[0].text.startswith(ecode + " ") and MARK not in r2.results[0].text,
+          "not the local refusal: %r" % r2)
+    # Nothing was sent for it, so the refusal stands: no retry elsewhere.
+    check("retrying on a new session" not in d.log(), "refused message retried:\n" + d.log())
+    # The daemon closes the broken session itself, well before the server's
+    # idle limit, and sends nothing more on it.
+    up.wait_log("1 * close", 5)
+    check("1 * timeout" not in transcript(up), "session 1 left open:\n" + transcript(up))
+    check_dropped(up, 1, "DATA")
+    check("state=idle->resolving" not in d.log(), "an established session was restarted")
+    check_next_on_new(up, d)
+    check(len(connections(up)) == 2, "connections %r:\n%s" % (connections(up), transcript(up)))
+
+
+def case_hup_stray_451_behind_dot_size_refused(s):
+    _stray_behind_dot_refused(s, "451 4.3.0 %s extra" % MARK, "size")
+
+
+def case_hup_stray_354_behind_dot_size_refused(s):
+    _stray_behind_dot_refused(s, "354 %s go ahead" % MARK, "size")
+
+
+def case_hup_stray_421_behind_dot_size_refused(s):
+    _stray_behind_dot_refused(s, "421 4.3.2 %s closing" % MARK, "size")
+
+
+def case_hup_stray_451_behind_dot_smtputf8_refused(s):
+    _stray_behind_dot_refused(s, "451 4.3.0 %s extra" % MARK, "smtputf8")
+
+
+def case_hup_stray_354_behind_dot_smtputf8_refused(s):
+    _stray_behind_dot_refused(s, "354 %s go ahead" % MARK, "smtputf8")
+
+
+def case_hup_421_behind_dot_next_retried(s):
+    # "250" to the dot and a 421 in one write while the next message waits:
+    # the session is closing, which is what the next message's client is told
+    # if it cannot be sent elsewhere; here it is retried on a new session.
+    up = s.fakesmtp("on dot #1 delay 1500\n"
+                    "on dot #1 raw 250 2.0.0 Ok: queued\\r\\n421 4.3.2 %s closing\\r\\n\n" % MARK)
+    d = s.daemon(s.relay(up.port, pool=ONE))
+    first = in_thread(send_one, d, body=body("first"))
+    up.wait_log("1 P C: DATA")
+    second = in_thread(send_one, d, body=body("second"))
+    r1, r2 = first.finish(20), second.finish(20)
+    delivered_ok(r1)
+    check(conn_of(up, "first") == 1, "first message not on connection 1")
+    delivered_ok(r2)
+    check(conn_of(up, "second") != 1, "second message sent over the closing session")
+    check_dropped(up, 1, "DATA")
+    log = d.log()
+    check("server closed the session: 421 4.3.2 " + MARK in log and "out of sync" not in log,
+          "the 421 was not reported as such:\n" + log)
 
 
 # 16 MB: more than the loopback socket buffers hold, so the daemon is still
