@@ -115,6 +115,24 @@ const char *message_default_ecode(int code)
     }
 }
 
+/*
+ * Drop an incomplete UTF-8 sequence at the end of s: texts are cut to fit
+ * buffers on their way here, and a cut may fall inside a character.
+ */
+static void utf8_trim_tail(char *s)
+{
+    size_t n = strlen(s), start = n;
+    /* The last lead byte: at most 3 continuation bytes (10xxxxxx) behind it. */
+    while (start > 0 && n - start < 4 && ((unsigned char)s[start - 1] & 0xc0) == 0x80)
+        start--;
+    if (start == 0)
+        return;
+    unsigned char lead = (unsigned char)s[start - 1];
+    size_t want = lead >= 0xf0 ? 4 : lead >= 0xe0 ? 3 : lead >= 0xc0 ? 2 : 1;
+    if (lead >= 0x80 && n - (start - 1) < want)
+        s[start - 1] = '\0';
+}
+
 void message_set_result(struct message *m, size_t i, int code, const char *ecode, const char *text)
 {
     struct rcpt_result *r = &m->results[i];
@@ -129,6 +147,7 @@ void message_set_result(struct message *m, size_t i, int code, const char *ecode
         for (char *p = r->text; *p; p++)
             if ((unsigned char)*p < 0x20 || *p == 0x7f)
                 *p = ' ';
+        utf8_trim_tail(r->text);
     }
 }
 

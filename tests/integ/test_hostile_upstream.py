@@ -983,6 +983,20 @@ def raw_result_line(d, rcpt="bob@example.test"):
     return line
 
 
+def case_hup_long_utf8_reply_cut_cleanly(s):
+    # A long multiline reply in UTF-8 is cut to fit on its way to the client:
+    # never inside a character (the client gets valid UTF-8), and the
+    # characters themselves survive (the filter does not just drop non-ASCII).
+    e = "\\xc3\\xa9" * 200  # "é" x 200 per line, escaped for the script
+    up = s.fakesmtp("on mail raw 451-4.3.0 %s\\r\\n451-4.3.0 %s\\r\\n451 4.3.0 %s\\r\\n\n"
+                    % (e, e, e))
+    d = s.daemon(s.relay(up.port))
+    line = raw_result_line(d)
+    text = printable_line(line)
+    check(text.startswith("451") and "\u00e9" * 50 in text, "the text lost its characters: %r"
+          % line[:200])
+
+
 def case_hup_reply_text_controls_escaped(s):
     up = s.fakesmtp("on mail raw 451 4.3.0 %s %s\\r\\n\n" % (MARK, NASTY))
     d = s.daemon(s.relay(up.port))
