@@ -77,7 +77,7 @@ case_tree() {
     [ "$(readlink "$lib/libmailpool.so")" = libmailpool.so.0 ] || fail "libmailpool.so link"
     [ "$(readlink "$lib/libmailpool.so.0")" = "libmailpool.so.$MP_VERSION" ] ||
         fail "libmailpool.so.0 link"
-    readelf -d "$lib/libmailpool.so.$MP_VERSION" | grep -q 'SONAME.*\[libmailpool\.so\.0\]' ||
+    grep -q 'SONAME.*\[libmailpool\.so\.0\]' <<<"$(readelf -d "$lib/libmailpool.so.$MP_VERSION")" ||
         fail "soname is not libmailpool.so.0"
     # Only the public API leaves the shared library.
     local bad
@@ -87,7 +87,7 @@ case_tree() {
     for b in usr/sbin/mailpoold usr/bin/mailpoolctl usr/bin/mailpool-sendmail; do
         [ -x "$STAGE/$b" ] || fail "$b not executable"
     done
-    "$STAGE/usr/sbin/mailpoold" -V | grep -q "$MP_VERSION" || fail "mailpoold -V"
+    grep -q "$MP_VERSION" <<<"$("$STAGE/usr/sbin/mailpoold" -V)" || fail "mailpoold -V"
     grep -q '^u mailpool ' "$STAGE$(abs_usr "$MP_SYSUSERSDIR")/mailpool.conf" || fail "sysusers entry"
     grep -q '^d /var/spool/mailpool 0700 mailpool mailpool' \
         "$STAGE$(abs_usr "$MP_TMPFILESDIR")/mailpool.conf" || fail "tmpfiles entry"
@@ -113,7 +113,8 @@ case_pkgconfig() {
     # shellcheck disable=SC2046,SC2086
     cc -std=c11 -Wall -Werror $(cc_flags) "$HERE/hello.c" $flags -o "$out/hello" ||
         fail "compiling against the staged library"
-    readelf -d "$out/hello" | grep -q 'NEEDED.*\[libmailpool\.so\.0\]' || fail "hello not linked to libmailpool.so.0"
+    grep -q 'NEEDED.*\[libmailpool\.so\.0\]' <<<"$(readelf -d "$out/hello")" ||
+        fail "hello not linked to libmailpool.so.0"
     check_hello env LD_LIBRARY_PATH="$STAGE/usr/$MP_LIBDIR" "$out/hello"
 }
 
@@ -161,8 +162,13 @@ case_deb_contents() {
     deb=$(deb_file)
     [ "$(dpkg-deb -f "$deb" Package)" = mailpool ] || fail "Package field"
     [ "$(dpkg-deb -f "$deb" Version)" = "$MP_VERSION" ] || fail "Version field"
-    dpkg-deb -f "$deb" Maintainer | grep -q '<.*@.*>' || fail "Maintainer field"
-    dpkg-deb -f "$deb" Description | grep -q . || fail "Description field"
+    # Fields read whole first: "cmd | grep -q" under pipefail fails when grep
+    # exits early and cmd gets SIGPIPE.
+    local field
+    field=$(dpkg-deb -f "$deb" Maintainer)
+    grep -q '<.*@.*>' <<<"$field" || fail "Maintainer field"
+    field=$(dpkg-deb -f "$deb" Description)
+    grep -q . <<<"$field" || fail "Description field"
     depends=$(dpkg-deb -f "$deb" Depends)
     needed=$(for b in usr/sbin/mailpoold usr/bin/mailpoolctl usr/bin/mailpool-sendmail \
         "usr/$MP_LIBDIR/libmailpool.so.0"; do
