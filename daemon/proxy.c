@@ -329,15 +329,13 @@ int proxy_start(struct proxy_hs *h, enum proxy_kind kind, const char *host, uint
         size_t o = (size_t)n;
         if (user) {
             /* RFC 7617 Basic: base64("user:password"); the buffer is wiped with h. */
-            unsigned char pair[2 * PROXY_MAX_CRED + 2];
-            size_t ul = strlen(user), pl = strlen(password);
-            memcpy(pair, user, ul);
-            pair[ul] = ':';
-            memcpy(pair + ul + 1, password, pl);
+            char pair[2 * PROXY_MAX_CRED + 2];
+            int pn = snprintf(pair, sizeof(pair), "%s:%s", user, password);
             static const char field[] = "Proxy-Authorization: Basic ";
             memcpy(h->out + o, field, sizeof(field) - 1);
             o += sizeof(field) - 1;
-            o += base64_encode(pair, ul + 1 + pl, (char *)h->out + o);
+            /* Lengths were checked above: pn < sizeof(pair). */
+            o += base64_encode((const unsigned char *)pair, (size_t)pn, (char *)h->out + o);
             explicit_bzero(pair, sizeof(pair));
             memcpy(h->out + o, "\r\n", 2);
             o += 2;
