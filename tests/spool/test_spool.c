@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "bodyfile.h"
@@ -1269,6 +1270,31 @@ static void test_load_body(void)
     rm_rf(dir);
 }
 
+/* Lines of /proc/self/maps that map the file open on fd (by device and inode). */
+static int mappings_of(int fd)
+{
+    struct stat st;
+    char line[512];
+    int n = 0;
+    FILE *f = fopen("/proc/self/maps", "r");
+
+    if (f == NULL || fstat(fd, &st) < 0) {
+        if (f != NULL)
+            fclose(f);
+        return -1;
+    }
+    while (fgets(line, sizeof(line), f) != NULL) {
+        unsigned long long ino;
+        unsigned maj, min;
+        /* start-end perms offset major:minor inode path */
+        if (sscanf(line, "%*s %*s %*s %x:%x %llu", &maj, &min, &ino) == 3 &&
+            ino == (unsigned long long)st.st_ino && makedev(maj, min) == st.st_dev)
+            n++;
+    }
+    fclose(f);
+    return n;
+}
+
 /* Anonymous body files: no name, exact appends, mappings at any offset. */
 static void test_bodyfile(void)
 {
@@ -1308,7 +1334,9 @@ static void test_bodyfile(void)
             CHECK(memcmp(evbuffer_pullup(m, -1), data + offs[k], len) == 0);
         /* Draining part of a mapping and freeing the rest unmaps it whole. */
         evbuffer_drain(m, len / 3);
+        CHECK(len == 0 || mappings_of(fd) == 1);
         evbuffer_free(m);
+        CHECK(mappings_of(fd) == 0);
     }
 
     check_case = "mapping outlives the descriptor";
