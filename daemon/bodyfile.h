@@ -30,7 +30,7 @@ struct evbuffer;
  */
 int bodyfile_create(int dirfd);
 
-/* Write all of p[0..n) at the file's end.  Returns 0, or -1 with errno (ENOSPC, EIO...). */
+/* Write all of p[0..n) to fd (EINTR and short writes retried).  Returns 0, or -1 with errno. */
 int bodyfile_append(int fd, const void *p, size_t n);
 
 /* Write all of buf to the file and drain it.  Returns 0, or -1 with errno. */

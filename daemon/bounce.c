@@ -4,6 +4,7 @@
  * ENVID and ORCPT (RFC 3461), in an RFC 5322 / MIME (RFC 2045-2046) message.
  */
 #include "bounce.h"
+#include "utf8.h"
 
 #include <stdarg.h>
 #include <stdint.h>
@@ -150,41 +151,6 @@ static int host_char(unsigned char c, int literal)
 }
 
 /*
- * Length of a well-formed UTF-8 sequence at s (RFC 3629), 0 if there is
- * none.  C1 controls (U+0080..U+009F) count as malformed: a terminal reads
- * U+009B as CSI just as it reads ESC [.
- */
-static size_t utf8_seq(const unsigned char *s, size_t n)
-{
-    uint32_t cp;
-    size_t len;
-
-    if (s[0] >= 0xc2 && s[0] <= 0xdf) {
-        len = 2;
-        cp = s[0] & 0x1fu;
-    } else if (s[0] >= 0xe0 && s[0] <= 0xef) {
-        len = 3;
-        cp = s[0] & 0x0fu;
-    } else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
-        len = 4;
-        cp = s[0] & 0x07u;
-    } else {
-        return 0;
-    }
-    if (len > n)
-        return 0;
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-        cp = cp << 6 | (s[i] & 0x3fu);
-    }
-    if ((len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) || cp > 0x10ffff ||
-        (cp >= 0xd800 && cp <= 0xdfff) || cp < 0xa0)
-        return 0;
-    return len;
-}
-
-/*
  * Append src to out, made safe for the place named by mode, at most max
  * octets (then "..." marks the cut).  Bytes that do not belong become '?'
  * (so the reader sees something was there); with utf8 set, well-formed
@@ -223,7 +189,7 @@ static int clean_append(struct buf *out, const char *src, enum clean_mode mode, 
             return kept8;
         }
         if (c >= 0x80 && utf8)
-            seq = utf8_seq(s + i, n - i);
+            seq = utf8_printable(s + i, n - i);
         if (seq > 0) {
             buf_add(out, s + i, seq);
             kept8 = 1;

@@ -4,6 +4,7 @@
  * or an upstream server chose can reach an operator's terminal unescaped.
  */
 #include "json.h"
+#include "utf8.h"
 
 #include <event2/buffer.h>
 #include <stdint.h>
@@ -121,45 +122,6 @@ static void put_u16(struct json_writer *w, unsigned v)
     put(w, buf, (size_t)n);
 }
 
-/*
- * Length of the well-formed UTF-8 sequence at s (RFC 3629 section 4), with
- * its code point in *cp, or 0 when the byte at s does not start one.
- */
-static size_t utf8_sequence(const unsigned char *s, size_t len, uint32_t *cp)
-{
-    unsigned char b = s[0];
-    size_t n;
-    unsigned char lo = 0x80, hi = 0xbf; /* allowed range of the second byte */
-    if (b >= 0xc2 && b <= 0xdf) {
-        n = 2;
-        *cp = b & 0x1fu;
-    } else if (b >= 0xe0 && b <= 0xef) {
-        n = 3;
-        *cp = b & 0x0fu;
-        if (b == 0xe0)
-            lo = 0xa0; /* overlong */
-        else if (b == 0xed)
-            hi = 0x9f; /* UTF-16 surrogates */
-    } else if (b >= 0xf0 && b <= 0xf4) {
-        n = 4;
-        *cp = b & 0x07u;
-        if (b == 0xf0)
-            lo = 0x90; /* overlong */
-        else if (b == 0xf4)
-            hi = 0x8f; /* past U+10FFFF */
-    } else {
-        return 0;
-    }
-    if (len < n || s[1] < lo || s[1] > hi)
-        return 0;
-    for (size_t i = 1; i < n; i++) {
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-        *cp = (*cp << 6) | (s[i] & 0x3fu);
-    }
-    return n;
-}
-
 static void put_escaped(struct json_writer *w, const unsigned char *s, size_t len)
 {
     put(w, "\"", 1);
@@ -199,7 +161,7 @@ static void put_escaped(struct json_writer *w, const unsigned char *s, size_t le
                 put_u16(w, b); /* other C0 controls and DEL */
             } else {
                 uint32_t cp = 0;
-                size_t n = utf8_sequence(s + i, len - i, &cp);
+                size_t n = utf8_decode(s + i, len - i, &cp);
                 if (n == 0) {
                     put_u16(w, 0xfffd);
                 } else {

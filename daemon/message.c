@@ -4,6 +4,7 @@
  * in logs (the spool adds its own collision check).
  */
 #include "message.h"
+#include "utf8.h"
 
 #include <event2/buffer.h>
 #include <stdlib.h>
@@ -113,24 +114,6 @@ const char *message_default_ecode(int code)
     default:
         return "5.0.0";
     }
-}
-
-/*
- * Drop an incomplete UTF-8 sequence at the end of s: texts are cut to fit
- * buffers on their way here, and a cut may fall inside a character.
- */
-static void utf8_trim_tail(char *s)
-{
-    size_t n = strlen(s), start = n;
-    /* The last lead byte: at most 3 continuation bytes (10xxxxxx) behind it. */
-    while (start > 0 && n - start < 4 && ((unsigned char)s[start - 1] & 0xc0) == 0x80)
-        start--;
-    if (start == 0)
-        return;
-    unsigned char lead = (unsigned char)s[start - 1];
-    size_t want = lead >= 0xf0 ? 4 : lead >= 0xe0 ? 3 : lead >= 0xc0 ? 2 : 1;
-    if (lead >= 0x80 && n - (start - 1) < want)
-        s[start - 1] = '\0';
 }
 
 void message_set_result(struct message *m, size_t i, int code, const char *ecode, const char *text)

@@ -4,6 +4,7 @@
  * (RFC 5321 4.1.1.1, RFC 4954 AUTH, RFC 1870 SIZE).
  */
 #include "smtp_reply.h"
+#include "utf8.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -71,37 +72,6 @@ static size_t ecode_len(const char *s, size_t len, char class_digit)
     return i;
 }
 
-/*
- * Length of the well-formed UTF-8 sequence of 2 to 4 bytes at s (RFC 3629:
- * no overlong forms, no surrogates, nothing past U+10FFFF) that is not a C1
- * control (U+0080..U+009F, which terminals obey like ESC sequences), or 0.
- */
-static size_t utf8_printable_len(const unsigned char *s, size_t n)
-{
-    size_t len;
-    unsigned cp;
-
-    if (s[0] >= 0xc2 && s[0] <= 0xdf)
-        len = 2, cp = s[0] & 0x1fu;
-    else if (s[0] >= 0xe0 && s[0] <= 0xef)
-        len = 3, cp = s[0] & 0x0fu;
-    else if (s[0] >= 0xf0 && s[0] <= 0xf4)
-        len = 4, cp = s[0] & 0x07u;
-    else
-        return 0;
-    if (len > n)
-        return 0;
-    for (size_t i = 1; i < len; i++) {
-        if ((s[i] & 0xc0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (s[i] & 0x3fu);
-    }
-    if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
-        (cp >= 0xd800 && cp <= 0xdfff) || cp <= 0x9f)
-        return 0;
-    return len;
-}
-
 static int append_text(struct reply_parser *p, const char *s, size_t n)
 {
     /* Bounded by SMTP_REPLY_MAX_LINES * (SMTP_REPLY_MAX_LINE + 1). */
@@ -114,7 +84,7 @@ static int append_text(struct reply_parser *p, const char *s, size_t n)
         t[p->textlen++] = '\n';
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
-        size_t u = c >= 0x80 ? utf8_printable_len((const unsigned char *)s + i, n - i) : 0;
+        size_t u = c >= 0x80 ? utf8_printable((const unsigned char *)s + i, n - i) : 0;
         /*
          * Reply text ends up in logs, bounces and the client's terminal: no
          * control characters (C0, DEL, C1) and no bytes that are not UTF-8

@@ -507,25 +507,6 @@ static const char *errstr(int err, char *buf, size_t len)
 
 /* ---- the I/O thread ---------------------------------------------------------- */
 
-static int write_all(int fd, const char *p, size_t n)
-{
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            return -1;
-        }
-        if (w == 0) {
-            errno = EIO;
-            return -1;
-        }
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
 static int pread_all(int fd, char *p, size_t n, off_t off)
 {
     while (n > 0) {
@@ -597,7 +578,7 @@ static int copy_body(int dst, int src, size_t n)
             return -1;
         /* Across file systems (or none at all): a plain copy. */
         size_t want = n < sizeof buf ? n : sizeof buf;
-        if (pread_all(src, buf, want, in) < 0 || write_all(dst, buf, want) < 0)
+        if (pread_all(src, buf, want, in) < 0 || bodyfile_append(dst, buf, want) < 0)
             return -1;
         in += (off_t)want;
         n -= want;
@@ -690,7 +671,7 @@ static unsigned long commit_group(struct spool *s, struct job *list)
             continue;
         }
         j->in_tmp = 1;
-        if (write_all(j->fd, j->data, j->len) < 0 ||
+        if (bodyfile_append(j->fd, j->data, j->len) < 0 ||
             (j->src_fd >= 0 && copy_body(j->fd, j->src_fd, j->body_len) < 0)) {
             commit_fail(s, j, errno);
             continue;
